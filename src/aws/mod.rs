@@ -1,0 +1,1 @@
+//! `aws`: see the README's architecture section.

@@ -1,0 +1,1 @@
+//! `buffer`: see the README's architecture section.

@@ -1,0 +1,1 @@
+//! `capture`: see the README's architecture section.

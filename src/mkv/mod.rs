@@ -1,0 +1,1 @@
+//! `mkv`: see the README's architecture section.

@@ -1,0 +1,1 @@
+//! `upload`: see the README's architecture section.
