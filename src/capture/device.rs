@@ -456,8 +456,9 @@ impl FrameSizeInfo {
                 max_height,
                 step_height,
             } => {
-                let on_step =
-                    |value: u32, min: u32, step: u32| step == 0 || (value - min) % step == 0;
+                let on_step = |value: u32, min: u32, step: u32| {
+                    step == 0 || (value - min).is_multiple_of(step)
+                };
                 (min_width..=max_width).contains(&width)
                     && (min_height..=max_height).contains(&height)
                     && on_step(width, min_width, step_width)

@@ -172,11 +172,9 @@ impl Capture {
             shutting_down: AtomicBool::new(false),
         });
 
-        install_sink(&pipeline, VIDEO_SINK, VIDEO_TRACK, &shared)
-            .map_err(|message| parse_error(message))?;
+        install_sink(&pipeline, VIDEO_SINK, VIDEO_TRACK, &shared).map_err(&parse_error)?;
         if has_audio {
-            install_sink(&pipeline, AUDIO_SINK, AUDIO_TRACK, &shared)
-                .map_err(|message| parse_error(message))?;
+            install_sink(&pipeline, AUDIO_SINK, AUDIO_TRACK, &shared).map_err(&parse_error)?;
         }
 
         let bus = pipeline.bus().ok_or_else(|| CaptureError::Stream {
@@ -552,12 +550,11 @@ fn watch_bus(bus: &gst::Bus, pipeline: &gst::Pipeline, shared: &Shared) {
                     "capture pipeline warning"
                 );
             }
-            gst::MessageView::Application(application)
-                if application
+            gst::MessageView::Application(application) => {
+                let stop_requested = application
                     .structure()
-                    .is_some_and(|structure| structure.name() == STOP_MESSAGE) =>
-            {
-                if !pipeline.send_event(gst::event::Eos::new()) {
+                    .is_some_and(|structure| structure.name() == STOP_MESSAGE);
+                if stop_requested && !pipeline.send_event(gst::event::Eos::new()) {
                     tracing::debug!("EOS after the duration limit was not accepted");
                 }
             }

@@ -975,7 +975,8 @@ mod tests {
     #[test]
     fn invalid_numbers_name_the_setting() {
         let registry = FakeRegistry::debian();
-        let cases: [(&str, fn(&mut PipelineSpec)); 6] = [
+        type Breakage = fn(&mut PipelineSpec);
+        let cases: [(&str, Breakage); 6] = [
             ("video.width", |spec| spec.video.width = 0),
             ("video.height", |spec| spec.video.height = 721),
             ("video.framerate", |spec| spec.video.framerate = 0),
