@@ -97,6 +97,44 @@ fn nal_types(data: &[u8]) -> Vec<u8> {
     types
 }
 
+/// `ffprobe -count_frames` of `bytes` written to a file with `extension`, as key=value pairs.
+fn ffprobe(bytes: &[u8], extension: &str) -> std::collections::HashMap<String, String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(format!("stream.{extension}"));
+    std::fs::write(&path, bytes).expect("write stream");
+    let output = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-show_entries"])
+        .arg("stream=codec_name,profile,width,height,pix_fmt,nb_read_frames,sample_rate,channels")
+        .args(["-of", "default=noprint_wrappers=1"])
+        .arg(&path)
+        .output()
+        .expect("ffprobe (package ffmpeg) is installed");
+    assert!(
+        output.status.success() && output.stderr.is_empty(),
+        "ffprobe: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect()
+}
+
+/// The 7-byte ADTS header for one raw AAC frame, from the AudioSpecificConfig's fields.
+fn adts_header(object_type: u8, frequency_index: u8, channels: u8, payload: usize) -> [u8; 7] {
+    let length = payload + 7;
+    [
+        0xff,
+        0xf1,
+        ((object_type - 1) << 6) | (frequency_index << 2) | (channels >> 2),
+        ((channels & 3) << 6) | (length >> 11) as u8,
+        (length >> 3) as u8,
+        (((length & 7) as u8) << 5) | 0x1f,
+        0xfc,
+    ]
+}
+
 fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -209,6 +247,36 @@ async fn test_sources_record_two_seconds_of_h264_and_aac() {
         video_start + 3_000_000_000 > started_ns && video_start < ended_ns,
         "first frame at {video_start}, test ran {started_ns}..{ended_ns}"
     );
+
+    // Independent check: ffprobe decodes the byte stream and the ADTS-wrapped AAC frames.
+    let h264: Vec<u8> = video
+        .iter()
+        .flat_map(|frame| frame.data.iter().copied())
+        .collect();
+    let probed = ffprobe(&h264, "h264");
+    assert_eq!(probed["codec_name"], "h264");
+    assert_eq!(
+        probed["pix_fmt"], "yuv420p",
+        "x264 must be fed I420, not Y444"
+    );
+    assert_eq!(
+        (probed["width"].as_str(), probed["height"].as_str()),
+        ("320", "240")
+    );
+    assert_eq!(probed["nb_read_frames"], "60");
+    let mut adts = Vec::new();
+    for frame in &audio {
+        adts.extend_from_slice(&adts_header(2, 3, 1, frame.data.len()));
+        adts.extend_from_slice(&frame.data);
+    }
+    let probed = ffprobe(&adts, "aac");
+    assert_eq!(probed["codec_name"], "aac");
+    assert_eq!(probed["profile"], "LC");
+    assert_eq!(
+        (probed["sample_rate"].as_str(), probed["channels"].as_str()),
+        ("48000", "1")
+    );
+    assert_eq!(probed["nb_read_frames"], audio.len().to_string());
 
     let stats = capture.stats();
     assert_eq!(stats.tracks.len(), 2);

@@ -102,6 +102,7 @@ impl TrackCounters {
 struct ErrorContext {
     video_source: VideoSource,
     requested_video_caps: String,
+    requested_audio_caps: Option<String>,
     device_offer: Option<String>,
 }
 
@@ -167,6 +168,7 @@ impl Capture {
             context: ErrorContext {
                 video_source: spec.video.source.clone(),
                 requested_video_caps: plan.requested_video_caps.clone(),
+                requested_audio_caps: plan.requested_audio_caps.clone(),
                 device_offer: plan.device_offer.clone(),
             },
             shutting_down: AtomicBool::new(false),
@@ -602,10 +604,18 @@ fn classify_error(
 ) -> CaptureError {
     let debug = debug.unwrap_or_default();
     if debug.contains("not-negotiated") || error.matches(gst::StreamError::Format) {
+        // Elements of the audio branch are all named `audio-*`.
+        let (requested, offered) = match &context.requested_audio_caps {
+            Some(audio_caps) if element.starts_with("audio") => (audio_caps.clone(), None),
+            _ => (
+                context.requested_video_caps.clone(),
+                context.device_offer.clone(),
+            ),
+        };
         return CaptureError::NotNegotiated {
             element: element.to_string(),
-            requested: context.requested_video_caps.clone(),
-            offered: context.device_offer.clone(),
+            requested,
+            offered,
         };
     }
     if element == VIDEO_SOURCE
@@ -638,6 +648,7 @@ mod tests {
         ErrorContext {
             video_source: source,
             requested_video_caps: "video/x-raw,width=1280,height=720,framerate=30/1".into(),
+            requested_audio_caps: Some("audio/x-raw,rate=48000,channels=1".into()),
             device_offer: Some("YUYV 640x480".into()),
         }
     }

@@ -85,6 +85,8 @@ pub(crate) struct PipelinePlan {
     pub description: String,
     /// The caps asked of the video source (for not-negotiated errors).
     pub requested_video_caps: String,
+    /// The raw caps the audio encoder is fed, when there is audio.
+    pub requested_audio_caps: Option<String>,
     /// What the device offers, one line, when the source is a device.
     pub device_offer: Option<String>,
 }
@@ -205,9 +207,16 @@ pub(crate) fn plan_pipeline(
          ! appsink name={VIDEO_SINK} sync=false max-buffers=8 drop=false"
     );
 
-    if spec.audio.source != AudioSource::None {
-        append_audio(&spec.audio, registry, &mut description, &mut elements)?;
-    }
+    let requested_audio_caps = if spec.audio.source == AudioSource::None {
+        None
+    } else {
+        Some(append_audio(
+            &spec.audio,
+            registry,
+            &mut description,
+            &mut elements,
+        )?)
+    };
 
     if let Some(missing) = elements.iter().find(|element| !registry.has(element)) {
         return Err(CaptureError::MissingElement {
@@ -219,6 +228,7 @@ pub(crate) fn plan_pipeline(
     Ok(PipelinePlan {
         description,
         requested_video_caps,
+        requested_audio_caps,
         device_offer: device.map(|(_, info)| info.offer_summary()),
     })
 }
@@ -228,10 +238,14 @@ fn append_audio(
     registry: &impl ElementRegistry,
     description: &mut String,
     elements: &mut Vec<&'static str>,
-) -> Result<(), CaptureError> {
+) -> Result<String, CaptureError> {
     validate_audio(audio)?;
+    let raw_caps = format!(
+        "audio/x-raw,rate={},channels={}",
+        audio.sample_rate, audio.channels
+    );
     match &audio.source {
-        AudioSource::None => return Ok(()),
+        AudioSource::None => return Ok(raw_caps),
         AudioSource::Test => {
             elements.push("audiotestsrc");
             description.push_str(" audiotestsrc name=audio-source is-live=true wave=sine freq=440");
@@ -266,14 +280,12 @@ fn append_audio(
     ]);
     let _ = write!(
         description,
-        " ! queue name=audio-queue ! audioconvert ! audioresample ! audio/x-raw,rate={},channels={} \
+        " ! queue name=audio-queue ! audioconvert ! audioresample ! {raw_caps} \
          ! {encoder} name=audio-encoder bitrate={} ! aacparse ! audio/mpeg,mpegversion=4,stream-format=raw \
          ! appsink name={AUDIO_SINK} sync=false max-buffers=8 drop=false",
-        audio.sample_rate,
-        audio.channels,
         u64::from(audio.bitrate_kbps) * 1000
     );
-    Ok(())
+    Ok(raw_caps)
 }
 
 /// Picks the encoder (and, for a device, the format to ask it for).
@@ -1013,6 +1025,7 @@ mod tests {
             plan.requested_video_caps,
             "video/x-raw,width=1280,height=720,framerate=30/1"
         );
+        assert_eq!(plan.requested_audio_caps, None);
         let offer = plan.device_offer.expect("device");
         assert!(offer.contains("YUYV 640x480, 1280x720"), "{offer}");
     }
