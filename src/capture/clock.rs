@@ -31,6 +31,7 @@ pub struct WallClockAnchor {
 }
 
 impl WallClockAnchor {
+    /// `wall_ns` (epoch ns) and `running_ns` (pipeline running time) of the same instant.
     pub fn new(wall_ns: u64, running_ns: u64) -> Self {
         WallClockAnchor {
             wall_ns,
@@ -56,7 +57,10 @@ pub enum LimitDecision {
     Forward,
     /// Past the duration: drop it. `request_eos` is true exactly once, when the last track
     /// still running went past the end.
-    Trim { request_eos: bool },
+    Trim {
+        /// Send EOS into the pipeline now.
+        request_eos: bool,
+    },
 }
 
 /// Stops a recording after a fixed amount of media time, per track.

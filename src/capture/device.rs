@@ -38,13 +38,17 @@ pub struct DeviceInfo {
     pub by_id: Option<PathBuf>,
     /// The udev `/dev/v4l/by-path/...` link: stable per physical port.
     pub by_path: Option<PathBuf>,
+    /// Kernel driver, e.g. `uvcvideo`, `bcm2835-v4l2`.
     pub driver: String,
+    /// Device name, e.g. the USB product name.
     pub card: String,
+    /// Bus location, e.g. `usb-0000:00:14.0-1`.
     pub bus: String,
     /// The node's V4L2 capability bits (`device_caps` when the driver reports them).
     pub capabilities: u32,
     /// True when the node captures video (single- or multi-planar).
     pub is_capture: bool,
+    /// The capture formats, in the driver's order (usually its preference).
     pub formats: Vec<FormatInfo>,
     /// True when one of the formats is H.264 (the camera can be passed through).
     pub emits_h264: bool,
@@ -60,26 +64,39 @@ pub struct FormatInfo {
     pub fourcc: String,
     /// The driver's description, e.g. `YUYV 4:2:2`.
     pub description: String,
+    /// A compressed format (MJPEG, H.264, ...), as the driver flags it.
     pub compressed: bool,
     /// Provided by libv4lconvert rather than the hardware.
     pub emulated: bool,
+    /// The frame sizes the format supports; empty when the driver does not enumerate them.
     pub sizes: Vec<FrameSizeInfo>,
 }
 
 /// A frame size a format supports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameSizeInfo {
+    /// One exact size.
     Discrete {
+        /// Pixels.
         width: u32,
+        /// Pixels.
         height: u32,
+        /// The frame intervals this size supports.
         intervals: Vec<FrameIntervalInfo>,
     },
+    /// Any size in a range, in steps (a step of 1 is "continuous").
     Stepwise {
+        /// Smallest width in pixels.
         min_width: u32,
+        /// Largest width in pixels.
         max_width: u32,
+        /// Width increment.
         step_width: u32,
+        /// Smallest height in pixels.
         min_height: u32,
+        /// Largest height in pixels.
         max_height: u32,
+        /// Height increment.
         step_height: u32,
     },
 }
@@ -87,13 +104,20 @@ pub enum FrameSizeInfo {
 /// A frame interval (seconds per frame, as a fraction) a size supports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FrameIntervalInfo {
+    /// One interval: `numerator/denominator` seconds per frame (1/30 is 30 fps).
     Discrete {
+        /// Seconds per frame, numerator.
         numerator: u32,
+        /// Seconds per frame, denominator.
         denominator: u32,
     },
+    /// Any interval in a range; fractions as (numerator, denominator) seconds.
     Stepwise {
+        /// Shortest interval (highest rate).
         min: (u32, u32),
+        /// Longest interval (lowest rate).
         max: (u32, u32),
+        /// Increment.
         step: (u32, u32),
     },
 }
@@ -422,10 +446,12 @@ impl DeviceInfo {
 }
 
 impl FormatInfo {
+    /// The camera encodes H.264 itself (fourcc `H264`).
     pub fn is_h264(&self) -> bool {
         self.fourcc == "H264"
     }
 
+    /// Motion JPEG (fourcc `MJPG` or `JPEG`).
     pub fn is_jpeg(&self) -> bool {
         matches!(self.fourcc.as_str(), "MJPG" | "JPEG")
     }

@@ -69,6 +69,7 @@ pub struct TrackStats {
 /// Counters of a running capture; `tracks[i]` is track `i`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CaptureStats {
+    /// Indexed by track ([`VIDEO_TRACK`], [`AUDIO_TRACK`]).
     pub tracks: Vec<TrackStats>,
 }
 

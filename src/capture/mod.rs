@@ -19,6 +19,8 @@
 //! [`clock`] holds the running-time → epoch mapping and the duration limit (pure), [`device`] is
 //! V4L2 discovery, and `live` runs the pipeline and feeds the channel.
 
+#![warn(missing_docs)]
+
 pub mod clock;
 pub mod device;
 mod live;
@@ -83,9 +85,13 @@ impl EncoderChoice {
 /// What to capture for the video track.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VideoSpec {
+    /// Camera or test pattern.
     pub source: VideoSource,
+    /// How to get H.264 out of the source.
     pub encoder: EncoderChoice,
+    /// Frame width in pixels (even, 16–8192); asked of the camera.
     pub width: u32,
+    /// Frame height in pixels (even, 16–8192); asked of the camera.
     pub height: u32,
     /// Frames per second (integer rates only).
     pub framerate: u32,
@@ -102,16 +108,23 @@ pub enum AudioSource {
     None,
     /// `audiotestsrc`: a 440 Hz sine tone.
     Test,
-    /// `alsasrc` with an ALSA device name such as `hw:1,0` or `default`.
-    Alsa { device: String },
+    /// `alsasrc` with an ALSA device name.
+    Alsa {
+        /// ALSA PCM name such as `hw:1,0` or `default`.
+        device: String,
+    },
 }
 
 /// What to capture for the audio track (AAC-LC).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AudioSpec {
+    /// Microphone, test tone, or no audio track.
     pub source: AudioSource,
+    /// Sample rate in Hz (8000–96000) the source is resampled to.
     pub sample_rate: u32,
+    /// Channel count (1–8) the source is mixed to.
     pub channels: u8,
+    /// AAC bitrate (8–1024 kbit/s).
     pub bitrate_kbps: u32,
 }
 
@@ -120,7 +133,9 @@ pub struct AudioSpec {
 pub struct PipelineSpec {
     /// Name of the GStreamer pipeline (shows in GStreamer logs and errors).
     pub name: String,
+    /// The video track (always present, track [`VIDEO_TRACK`]).
     pub video: VideoSpec,
+    /// The audio track (track [`AUDIO_TRACK`] unless [`AudioSource::None`]).
     pub audio: AudioSpec,
     /// Stop with EOS after this much media time (the `record` command); `None` runs until
     /// [`Capture::stop`].
@@ -130,6 +145,7 @@ pub struct PipelineSpec {
 /// The stream format of one track, from the caps at the appsink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrackFormat {
+    /// H.264 for video (H.265 if a passthrough camera ever sends it), AAC for audio.
     pub codec: Codec,
     /// Video: how NAL units are delimited in [`Frame::data`] (Annex-B for capture's H.264).
     /// Audio carries no NAL units; it reports `LengthPrefixed`, meaning "store the payload as
@@ -138,13 +154,15 @@ pub struct TrackFormat {
     /// `codec_data` from the caps: the AudioSpecificConfig for AAC; `None` for Annex-B video,
     /// whose SPS/PPS travel in band before every key frame.
     pub codec_data: Option<Bytes>,
-    /// Video only; 0 for audio or when the caps do not say.
+    /// Video width in pixels; 0 for audio or when the caps do not say.
     pub width: u32,
+    /// Video height in pixels; 0 for audio or when the caps do not say.
     pub height: u32,
     /// Video frame rate as a fraction; (0, 1) for audio or variable rate.
     pub framerate: (i32, i32),
-    /// Audio only; 0 for video.
+    /// Audio sample rate in Hz; 0 for video.
     pub sample_rate: u32,
+    /// Audio channel count; 0 for video.
     pub channels: u8,
 }
 
@@ -152,7 +170,12 @@ pub struct TrackFormat {
 #[derive(Debug)]
 pub enum CaptureEvent {
     /// The format of `track`; always before that track's first frame and again if caps change.
-    Format { track: usize, format: TrackFormat },
+    Format {
+        /// [`VIDEO_TRACK`] or [`AUDIO_TRACK`].
+        track: usize,
+        /// What the track's frames contain.
+        format: TrackFormat,
+    },
     /// One access unit (video) or AAC frame (audio).
     Frame(Frame),
     /// The pipeline reached end of stream (after [`Capture::stop`] or the spec's duration).
@@ -164,61 +187,101 @@ pub enum CaptureEvent {
 /// Everything that can go wrong building or running a capture pipeline.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
+    /// `gst::init()` failed (the message is GStreamer's).
     #[error("GStreamer could not be initialised: {0}")]
     Init(String),
+    /// The pipeline needs an element that no installed plugin provides.
     #[error(
         "GStreamer element `{element}` is not installed (install the Debian package {package})"
     )]
     MissingElement {
+        /// Element factory name, e.g. `x264enc`.
         element: &'static str,
+        /// Debian package that provides it, e.g. `gstreamer1.0-plugins-ugly`.
         package: &'static str,
     },
+    /// Nothing exists at the configured device path.
     #[error("video device {} not found (run `kinesis-edge devices` to list cameras)", path.display())]
-    DeviceNotFound { path: PathBuf },
+    DeviceNotFound {
+        /// The configured path.
+        path: PathBuf,
+    },
+    /// The device exists but could not be opened or queried (permissions, busy, not V4L2).
     #[error("video device {}: {operation} failed: {source}", path.display())]
     Device {
+        /// The configured path.
         path: PathBuf,
+        /// What failed: `stat`, `open`, `VIDIOC_QUERYCAP`, `listing`.
         operation: &'static str,
+        /// The OS error.
         #[source]
         source: std::io::Error,
     },
+    /// The node is V4L2 but does not capture video (metadata node, codec, output).
     #[error("{} is not a video capture device (driver {driver}, card {card}); run `kinesis-edge devices` to find the capture node", path.display())]
     NotACaptureDevice {
+        /// The configured path.
         path: PathBuf,
+        /// Kernel driver name.
         driver: String,
+        /// Device name the driver reports.
         card: String,
     },
+    /// A number or name in the spec is out of range.
     #[error("invalid capture setting {field}: {reason}")]
-    InvalidSpec { field: &'static str, reason: String },
-    #[error("encoder `{choice}` cannot be used: {reason}")]
-    EncoderUnavailable {
-        choice: &'static str,
+    InvalidSpec {
+        /// The setting, as `video.width`, `audio.sample_rate`, ...
+        field: &'static str,
+        /// What is wrong with its value.
         reason: String,
     },
+    /// The explicit encoder choice cannot work with this source on this machine.
+    #[error("encoder `{choice}` cannot be used: {reason}")]
+    EncoderUnavailable {
+        /// `passthrough`, `hardware`, `x264` or `auto`.
+        choice: &'static str,
+        /// Why, and what to choose instead.
+        reason: String,
+    },
+    /// `gst::parse::launch` refused the description (or it lacked an appsink).
     #[error("GStreamer rejected the pipeline: {message}; pipeline: {description}")]
     Parse {
+        /// The description as built.
         description: String,
+        /// GStreamer's message.
         message: String,
     },
+    /// Caps negotiation failed: the source cannot produce what the pipeline asks for.
     #[error(
         "caps could not be negotiated at {element}: requested {requested}{}",
         offered_suffix(offered)
     )]
     NotNegotiated {
+        /// The element that posted the error.
         element: String,
+        /// The caps the pipeline asked of that branch's source.
         requested: String,
+        /// What the camera offers, when the source is a camera.
         offered: Option<String>,
     },
+    /// The camera failed while running (unplugged, driver error).
     #[error("video device {} stopped delivering ({element}: {message})", path.display())]
     DeviceLost {
+        /// The configured path.
         path: PathBuf,
+        /// The element that posted the error.
         element: String,
+        /// GStreamer's message.
         message: String,
     },
+    /// Any other pipeline error.
     #[error("{element}: {message} ({debug})")]
     Stream {
+        /// The element that posted the error.
         element: String,
+        /// GStreamer's message.
         message: String,
+        /// GStreamer's debug detail (source file, reason).
         debug: String,
     },
 }

@@ -30,6 +30,7 @@ pub const VIDEO_SOURCE: &str = "video-source";
 
 /// Which GStreamer elements can be instantiated.
 pub trait ElementRegistry {
+    /// True when an element factory of this name is installed.
     fn has(&self, element: &str) -> bool;
 }
 
@@ -44,6 +45,7 @@ pub trait DeviceProbe {
 pub struct GstElementRegistry(());
 
 impl GstElementRegistry {
+    /// Initialises GStreamer (once per process) and returns the registry view.
     pub fn new() -> Result<Self, CaptureError> {
         super::live::init_gstreamer()?;
         Ok(GstElementRegistry(()))
