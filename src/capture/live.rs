@@ -37,7 +37,7 @@ pub const EVENT_CHANNEL_CAPACITY: usize = 256;
 /// Name of the application message that asks the bus thread to send EOS.
 const STOP_MESSAGE: &str = "kinesis-edge-capture-stop";
 /// How often the bus thread checks whether the capture is being dropped.
-const BUS_POLL: Duration = Duration::from_millis(100);
+const BUS_POLL: gst::ClockTime = gst::ClockTime::from_mseconds(100);
 
 static GST_INIT: OnceLock<Result<(), String>> = OnceLock::new();
 
@@ -523,9 +523,7 @@ fn track_format(caps: &gst::CapsRef) -> Result<TrackFormat, String> {
 /// Forwards bus messages as events until EOS, an error, or the capture is dropped.
 fn watch_bus(bus: &gst::Bus, pipeline: &gst::Pipeline, shared: &Shared) {
     while !shared.shutting_down.load(Ordering::Relaxed) {
-        let Some(message) =
-            bus.timed_pop(gst::ClockTime::from_nseconds(BUS_POLL.as_nanos() as u64))
-        else {
+        let Some(message) = bus.timed_pop(BUS_POLL) else {
             continue;
         };
         match message.view() {
@@ -712,6 +710,14 @@ mod tests {
             true,
         );
         assert_eq!(classified.to_string(), "audio-encoder: boom (details)");
+    }
+
+    #[test]
+    fn handles_and_events_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Capture>();
+        send_sync::<CaptureEvent>();
+        send_sync::<CaptureError>();
     }
 
     #[test]

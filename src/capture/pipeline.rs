@@ -118,6 +118,12 @@ pub(crate) fn plan_pipeline(
     registry: &impl ElementRegistry,
     devices: &impl DeviceProbe,
 ) -> Result<PipelinePlan, CaptureError> {
+    if spec.name.contains('\0') {
+        return Err(CaptureError::InvalidSpec {
+            field: "name",
+            reason: format!("{:?} contains a NUL character", spec.name),
+        });
+    }
     validate_video_geometry(&spec.video)?;
     let mut elements: Vec<&'static str> = Vec::new();
     let mut description = String::new();
@@ -253,11 +259,12 @@ fn append_audio(
             description.push_str(" audiotestsrc name=audio-source is-live=true wave=sine freq=440");
         }
         AudioSource::Alsa { device } => {
-            if device.is_empty() {
+            if device.is_empty() || device.contains('\0') {
                 return Err(CaptureError::InvalidSpec {
                     field: "audio.source",
-                    reason: "the ALSA device name is empty (use e.g. \"default\" or \"hw:1,0\")"
-                        .into(),
+                    reason: format!(
+                        "{device:?} is not an ALSA device name (use e.g. \"default\" or \"hw:1,0\")"
+                    ),
                 });
             }
             elements.push("alsasrc");
@@ -459,10 +466,12 @@ fn validate_audio(audio: &AudioSpec) -> Result<(), CaptureError> {
 }
 
 fn path_str<'a>(path: &'a Path, field: &'static str) -> Result<&'a str, CaptureError> {
-    path.to_str().ok_or_else(|| CaptureError::InvalidSpec {
-        field,
-        reason: format!("{} is not valid UTF-8", path.display()),
-    })
+    path.to_str()
+        .filter(|text| !text.contains('\0'))
+        .ok_or_else(|| CaptureError::InvalidSpec {
+            field,
+            reason: format!("{path:?} is not a UTF-8 path without NUL characters"),
+        })
 }
 
 /// A quoted `gst-launch` property value: backslash and double quote escaped.
@@ -1004,6 +1013,25 @@ mod tests {
             let mut spec = spec(VideoSource::Test, EncoderChoice::X264, AudioSource::Test);
             break_spec(&mut spec);
             match build(&spec, &registry, vec![]) {
+                Err(CaptureError::InvalidSpec { field: got, .. }) => assert_eq!(got, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn nul_characters_are_rejected_before_reaching_c() {
+        let mut bad_name = spec(VideoSource::Test, EncoderChoice::X264, AudioSource::None);
+        bad_name.name = "cam\0".into();
+        let bad_alsa = spec(
+            VideoSource::Test,
+            EncoderChoice::X264,
+            AudioSource::Alsa {
+                device: "hw:1\0".into(),
+            },
+        );
+        for (spec, field) in [(bad_name, "name"), (bad_alsa, "audio.source")] {
+            match build(&spec, &FakeRegistry::debian(), vec![]) {
                 Err(CaptureError::InvalidSpec { field: got, .. }) => assert_eq!(got, field),
                 other => panic!("{field}: {other:?}"),
             }
