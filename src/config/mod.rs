@@ -33,7 +33,6 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 pub use env::{ENV_PREFIX, ENV_SEPARATOR, REGION_VARS};
 pub use error::{ConfigError, ConfigErrors};
 pub use schema::*;
-pub use validate::check_endpoint;
 
 use source::{KeyPath, SourceMap};
 
