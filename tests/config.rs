@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use kinesis_edge::config::{
-    AudioSource, CameraConfig, Config, ConfigErrors, CredentialSource, CredentialsConfig, DiskOverride,
-    Encoder, IotCredentialsConfig, Secret, Timecodes, VideoSource, load_with_env,
+    AudioSource, CameraConfig, Config, ConfigErrors, CredentialSource, CredentialsConfig,
+    DiskOverride, Encoder, IotCredentialsConfig, Secret, Timecodes, VideoSource, load_with_env,
 };
 
 fn repo_file(relative: &str) -> PathBuf {
@@ -39,7 +39,8 @@ fn annotated_example_equals_the_defaults_with_one_named_camera() {
 /// Uncomments the example's commented-out settings (`# key = value`, `# [table]`), leaving prose
 /// comments alone.
 fn uncomment_settings(text: &str) -> String {
-    let is_key = |key: &str| !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    let is_key =
+        |key: &str| !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
     text.lines()
         .map(|line| match line.strip_prefix("# ") {
             Some(rest)
@@ -59,7 +60,11 @@ fn key_paths(value: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
     match value {
         toml::Value::Table(table) => {
             for (key, child) in table {
-                let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
                 out.insert(path.clone());
                 key_paths(child, &path, out);
             }
@@ -79,7 +84,9 @@ fn annotated_example_documents_every_key() {
     let mut camera = CameraConfig::named("front-door");
     camera.stream = Some("front-door".into());
     camera.kms_key_id = Some("alias/kvs".into());
-    camera.stream_tags.insert("owner".into(), "facilities".into());
+    camera
+        .stream_tags
+        .insert("owner".into(), "facilities".into());
     camera.metadata.insert("site".into(), "warehouse-7".into());
     camera.video.key_frame_interval_frames = Some(60);
     camera.audio.device = Some("hw:1,0".into());
@@ -115,7 +122,11 @@ fn annotated_example_documents_every_key() {
     full.service.device_id = Some("d".into());
     full.service.metrics_listen = Some("127.0.0.1:9110".parse().expect("address"));
     let mut schema_keys = BTreeSet::new();
-    key_paths(&toml::Value::try_from(&full).expect("serializes"), "", &mut schema_keys);
+    key_paths(
+        &toml::Value::try_from(&full).expect("serializes"),
+        "",
+        &mut schema_keys,
+    );
 
     // The example with its commented-out settings switched on must still parse (no typos in
     // the documentation) and must contain every key.
@@ -124,10 +135,20 @@ fn annotated_example_documents_every_key() {
     let parsed = Config::from_toml_str(&uncommented, &path)
         .unwrap_or_else(|errors| panic!("uncommented example does not parse:\n{errors}"));
     let mut documented = BTreeSet::new();
-    key_paths(&toml::Value::try_from(&parsed).expect("serializes"), "", &mut documented);
+    key_paths(
+        &toml::Value::try_from(&parsed).expect("serializes"),
+        "",
+        &mut documented,
+    );
     let missing: Vec<_> = schema_keys.difference(&documented).collect();
-    assert!(missing.is_empty(), "keys missing from config/kinesis-edge.toml: {missing:?}");
-    assert!(schema_keys.len() > 60, "suspiciously few keys: {schema_keys:?}");
+    assert!(
+        missing.is_empty(),
+        "keys missing from config/kinesis-edge.toml: {missing:?}"
+    );
+    assert!(
+        schema_keys.len() > 60,
+        "suspiciously few keys: {schema_keys:?}"
+    );
 }
 
 #[test]
@@ -146,14 +167,27 @@ fn demo_records_test_sources_with_audio() {
         panic!("one camera expected");
     };
     assert_eq!(camera.video.source, VideoSource::Test);
-    assert_eq!((camera.video.width, camera.video.height, camera.video.framerate), (1280, 720, 30));
+    assert_eq!(
+        (
+            camera.video.width,
+            camera.video.height,
+            camera.video.framerate
+        ),
+        (1280, 720, 30)
+    );
     assert_eq!(camera.audio.source, AudioSource::Test);
-    assert_eq!((camera.audio.sample_rate, camera.audio.channels), (48_000, 1));
+    assert_eq!(
+        (camera.audio.sample_rate, camera.audio.channels),
+        (48_000, 1)
+    );
     assert_eq!(camera.fragment.duration_ms, 2000);
     assert_eq!(camera.fragment.timecodes, Timecodes::Absolute);
     assert!(camera.metadata.len() >= 2);
     assert!(demo.buffer.disk.dir.is_relative());
-    assert_eq!(demo.aws.endpoint, None, "the endpoint comes from the environment");
+    assert_eq!(
+        demo.aws.endpoint, None,
+        "the endpoint comes from the environment"
+    );
 
     // The endpoint and region from the environment, as the demo's comment says.
     let env = [
@@ -161,7 +195,8 @@ fn demo_records_test_sources_with_audio() {
         ("AWS_REGION", "eu-west-1"),
     ]
     .map(|(k, v)| (k.to_owned(), v.to_owned()));
-    let local = load_with_env(&repo_file("config/demo.toml"), &env).expect("valid with a local endpoint");
+    let local =
+        load_with_env(&repo_file("config/demo.toml"), &env).expect("valid with a local endpoint");
     assert_eq!(local.aws.endpoint.as_deref(), Some("http://127.0.0.1:4566"));
     assert_eq!(local.aws.region, "eu-west-1");
 }
@@ -193,7 +228,11 @@ fn check_corpus_file(path: &Path) -> Result<(), String> {
         Ok(_) => return Err("was accepted".into()),
         Err(errors) => errors,
     };
-    let Some(error) = errors.errors().iter().find(|e| e.to_string().contains(expected)) else {
+    let Some(error) = errors
+        .errors()
+        .iter()
+        .find(|e| e.to_string().contains(expected))
+    else {
         return Err(format!("no error contains {expected:?}; got:\n{errors}"));
     };
     let Some(line) = error.line else {
@@ -206,7 +245,9 @@ fn check_corpus_file(path: &Path) -> Result<(), String> {
     // Line 1 is the `# expect:` comment; the error must point into the configuration.
     let line_count = text.lines().count();
     if !(2..=line_count).contains(&line) {
-        return Err(format!("line {line} is outside the configuration (2..={line_count}): {error}"));
+        return Err(format!(
+            "line {line} is outside the configuration (2..={line_count}): {error}"
+        ));
     }
     Ok(())
 }
@@ -223,9 +264,18 @@ fn every_corpus_file_fails_with_its_expected_error_and_a_line() {
     assert!(files.len() >= 40, "corpus has only {} files", files.len());
     let failures: Vec<String> = files
         .iter()
-        .filter_map(|path| check_corpus_file(path).err().map(|why| format!("{}: {why}", path.display())))
+        .filter_map(|path| {
+            check_corpus_file(path)
+                .err()
+                .map(|why| format!("{}: {why}", path.display()))
+        })
         .collect();
-    assert!(failures.is_empty(), "{} corpus files misbehave:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} corpus files misbehave:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -233,18 +283,29 @@ fn corpus_errors_point_at_the_offending_key() {
     // Spot checks of the exact line, beyond "some line".
     let cases = [
         ("unknown_key.toml", "camera[0].video.colour", 7),
-        ("fragment_duration_too_long.toml", "camera[0].fragment.duration_ms", 6),
+        (
+            "fragment_duration_too_long.toml",
+            "camera[0].fragment.duration_ms",
+            6,
+        ),
         ("metadata_aws_prefix.toml", "camera[0].metadata.AWS_SITE", 6),
         ("two_cameras_one_stream.toml", "camera[1].stream", 8),
         ("hardware_1080p60.toml", "camera[0].video.framerate", 9),
-        ("iot_missing_fields.toml", "aws.credentials.iot.cert_path", 5),
+        (
+            "iot_missing_fields.toml",
+            "aws.credentials.iot.cert_path",
+            5,
+        ),
         ("http_endpoint_not_loopback.toml", "aws.endpoint", 3),
     ];
     for (file, key, line) in cases {
         let path = repo_file("tests/config_corpus").join(file);
         let errors = load_with_env(&path, &[]).expect_err(file);
         assert!(
-            errors.errors().iter().any(|e| e.path == key && e.line == Some(line)),
+            errors
+                .errors()
+                .iter()
+                .any(|e| e.path == key && e.line == Some(line)),
             "{file}: expected {key} at line {line}:\n{errors}"
         );
     }

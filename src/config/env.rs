@@ -50,7 +50,11 @@ pub(crate) struct Applied {
 }
 
 /// Applies the overrides in `env` to `doc`, parsed from a text of `text_len` bytes.
-pub(crate) fn apply<'i>(doc: &mut DeTable<'i>, env: &'i [(String, String)], text_len: usize) -> Applied {
+pub(crate) fn apply<'i>(
+    doc: &mut DeTable<'i>,
+    env: &'i [(String, String)],
+    text_len: usize,
+) -> Applied {
     let mut overrides: Vec<&'i (String, String)> = env
         .iter()
         .filter(|(name, _)| name.starts_with(ENV_PREFIX))
@@ -204,7 +208,9 @@ fn find_camera(doc: &DeTable<'_>, name: &str) -> Result<usize, String> {
         .collect();
     match matches.as_slice() {
         [index] => Ok(*index),
-        [] => Err(format!("no [[camera]] is named {name} (case-insensitive, `-` and `.` read as `_`)")),
+        [] => Err(format!(
+            "no [[camera]] is named {name} (case-insensitive, `-` and `.` read as `_`)"
+        )),
         _ => Err(format!("{} cameras match the name {name}", matches.len())),
     }
 }
@@ -213,9 +219,12 @@ fn find_camera(doc: &DeTable<'_>, name: &str) -> Result<usize, String> {
 /// quoted TOML string, else the raw text.
 fn parse_value(raw: &str) -> DeValue<'_> {
     match DeValue::parse(raw).map(Spanned::into_inner) {
-        Ok(value @ (DeValue::Integer(_) | DeValue::Float(_) | DeValue::Boolean(_) | DeValue::String(_))) => {
-            value
-        }
+        Ok(
+            value @ (DeValue::Integer(_)
+            | DeValue::Float(_)
+            | DeValue::Boolean(_)
+            | DeValue::String(_)),
+        ) => value,
         _ => DeValue::String(Cow::Borrowed(raw)),
     }
 }
@@ -229,7 +238,12 @@ fn existing_key(table: &DeTable<'_>, key: &str) -> Option<String> {
 }
 
 /// Sets the value at `keys`, creating missing tables; every key created or replaced gets `span`.
-fn set<'i>(table: &mut DeTable<'i>, keys: &[Key], value: DeValue<'i>, span: std::ops::Range<usize>) -> Result<(), String> {
+fn set<'i>(
+    table: &mut DeTable<'i>,
+    keys: &[Key],
+    value: DeValue<'i>,
+    span: std::ops::Range<usize>,
+) -> Result<(), String> {
     let Some((first, rest)) = keys.split_first() else {
         return Err("no key to set".into());
     };
@@ -309,12 +323,21 @@ mod tests {
         let config = load(
             BASE,
             &[
-                ("KINESIS_EDGE__CAMERA__FRONT_DOOR__VIDEO__BITRATE_KBPS", "4000"),
-                ("KINESIS_EDGE__camera__back_yard__Video__Encoder", "hardware"),
+                (
+                    "KINESIS_EDGE__CAMERA__FRONT_DOOR__VIDEO__BITRATE_KBPS",
+                    "4000",
+                ),
+                (
+                    "KINESIS_EDGE__camera__back_yard__Video__Encoder",
+                    "hardware",
+                ),
                 ("KINESIS_EDGE__TELEMETRY__ENABLED", "true"),
                 ("KINESIS_EDGE__TELEMETRY__STREAM", "edge-telemetry"),
                 ("KINESIS_EDGE__BUFFER__DISK__DIR", "/data/kinesis"),
-                ("KINESIS_EDGE__CAMERA__FRONT_DOOR__METADATA__SITE", "warehouse-7"),
+                (
+                    "KINESIS_EDGE__CAMERA__FRONT_DOOR__METADATA__SITE",
+                    "warehouse-7",
+                ),
                 ("UNRELATED", "1"),
                 ("KINESIS_EDGE_LOG", "debug"),
             ],
@@ -328,13 +351,19 @@ mod tests {
         assert!(config.telemetry.enabled);
         assert_eq!(config.telemetry.stream.as_deref(), Some("edge-telemetry"));
         assert_eq!(config.buffer.disk.dir, Path::new("/data/kinesis"));
-        assert_eq!(front.metadata.get("site").map(String::as_str), Some("warehouse-7"));
+        assert_eq!(
+            front.metadata.get("site").map(String::as_str),
+            Some("warehouse-7")
+        );
     }
 
     #[test]
     fn a_type_error_from_a_variable_names_the_variable() {
-        let errors = load(BASE, &[("KINESIS_EDGE__CAMERA__FRONT_DOOR__VIDEO__WIDTH", "wide")])
-            .expect_err("a string is not a width");
+        let errors = load(
+            BASE,
+            &[("KINESIS_EDGE__CAMERA__FRONT_DOOR__VIDEO__WIDTH", "wide")],
+        )
+        .expect_err("a string is not a width");
         let [error] = errors.errors() else {
             panic!("one error expected: {errors}");
         };
@@ -355,8 +384,14 @@ mod tests {
 
     #[test]
     fn a_validation_error_from_a_variable_names_the_variable() {
-        let errors = load(BASE, &[("KINESIS_EDGE__CAMERA__BACK_YARD__FRAGMENT__DURATION_MS", "25000")])
-            .expect_err("25 s fragments are too long");
+        let errors = load(
+            BASE,
+            &[(
+                "KINESIS_EDGE__CAMERA__BACK_YARD__FRAGMENT__DURATION_MS",
+                "25000",
+            )],
+        )
+        .expect_err("25 s fragments are too long");
         let error = errors
             .errors()
             .iter()
@@ -371,11 +406,17 @@ mod tests {
 
     #[test]
     fn an_unknown_key_from_a_variable_names_the_variable() {
-        let errors = load(BASE, &[("KINESIS_EDGE__SERVICE__LOG_LEVELS", "debug")])
-            .expect_err("unknown key");
+        let errors =
+            load(BASE, &[("KINESIS_EDGE__SERVICE__LOG_LEVELS", "debug")]).expect_err("unknown key");
         let error = errors.errors().first().expect("one error");
-        assert_eq!(error.env_var.as_deref(), Some("KINESIS_EDGE__SERVICE__LOG_LEVELS"));
-        assert!(error.message.contains("unknown field `log_levels`"), "{error}");
+        assert_eq!(
+            error.env_var.as_deref(),
+            Some("KINESIS_EDGE__SERVICE__LOG_LEVELS")
+        );
+        assert!(
+            error.message.contains("unknown field `log_levels`"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -413,7 +454,10 @@ mod tests {
         assert!(matches!(parse_value("1.5"), DeValue::Float(_)));
         assert!(matches!(parse_value("false"), DeValue::Boolean(false)));
         assert_eq!(parse_value("\"1234\"").as_str(), Some("1234"));
-        assert_eq!(parse_value("info,kinesis_edge=debug").as_str(), Some("info,kinesis_edge=debug"));
+        assert_eq!(
+            parse_value("info,kinesis_edge=debug").as_str(),
+            Some("info,kinesis_edge=debug")
+        );
         assert_eq!(parse_value("[1, 2]").as_str(), Some("[1, 2]"));
         assert_eq!(parse_value("").as_str(), Some(""));
     }
@@ -424,24 +468,48 @@ mod tests {
         let region = |text: &str, pairs: &[(&str, &str)]| load(text, pairs).map(|c| c.aws.region);
         assert_eq!(region(&no_region, &[]).ok().as_deref(), Some("us-west-2"));
         assert_eq!(
-            region(&no_region, &[("AWS_DEFAULT_REGION", "ap-south-1")]).ok().as_deref(),
+            region(&no_region, &[("AWS_DEFAULT_REGION", "ap-south-1")])
+                .ok()
+                .as_deref(),
             Some("ap-south-1")
         );
         assert_eq!(
-            region(&no_region, &[("AWS_DEFAULT_REGION", "ap-south-1"), ("AWS_REGION", "eu-north-1")])
-                .ok()
-                .as_deref(),
+            region(
+                &no_region,
+                &[
+                    ("AWS_DEFAULT_REGION", "ap-south-1"),
+                    ("AWS_REGION", "eu-north-1")
+                ]
+            )
+            .ok()
+            .as_deref(),
             Some("eu-north-1")
         );
         // The file beats AWS_REGION; KINESIS_EDGE__ beats the file.
-        assert_eq!(region(BASE, &[("AWS_REGION", "eu-north-1")]).ok().as_deref(), Some("eu-west-1"));
         assert_eq!(
-            region(BASE, &[("AWS_REGION", "eu-north-1"), ("KINESIS_EDGE__AWS__REGION", "sa-east-1")])
+            region(BASE, &[("AWS_REGION", "eu-north-1")])
                 .ok()
                 .as_deref(),
+            Some("eu-west-1")
+        );
+        assert_eq!(
+            region(
+                BASE,
+                &[
+                    ("AWS_REGION", "eu-north-1"),
+                    ("KINESIS_EDGE__AWS__REGION", "sa-east-1")
+                ]
+            )
+            .ok()
+            .as_deref(),
             Some("sa-east-1")
         );
         let errors = load(&no_region, &[("AWS_REGION", "Not A Region")]).expect_err("bad region");
-        assert!(errors.to_string().contains("environment variable AWS_REGION: aws.region"), "{errors}");
+        assert!(
+            errors
+                .to_string()
+                .contains("environment variable AWS_REGION: aws.region"),
+            "{errors}"
+        );
     }
 }

@@ -75,7 +75,11 @@ impl Config {
         match (parsed.config, ConfigErrors::from_vec(parsed.errors)) {
             (_, Some(errors)) => Err(errors),
             (Some(config), None) => Ok(config),
-            (None, None) => Err(ConfigErrors::one(ConfigError::file(origin, None, "no configuration"))),
+            (None, None) => Err(ConfigErrors::one(ConfigError::file(
+                origin,
+                None,
+                "no configuration",
+            ))),
         }
     }
 
@@ -118,7 +122,10 @@ pub fn load(path: &Path) -> Result<ValidatedConfig, ConfigErrors> {
 }
 
 /// Reads `path`, applies the overrides found in `env` (name, value pairs) and validates.
-pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<ValidatedConfig, ConfigErrors> {
+pub fn load_with_env(
+    path: &Path,
+    env: &[(String, String)],
+) -> Result<ValidatedConfig, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|error| {
         ConfigErrors::one(ConfigError::file(
             path,
@@ -130,7 +137,11 @@ pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<ValidatedC
 }
 
 /// Parses `text`, applies `env` and validates; `origin` names the file in errors.
-pub(crate) fn load_text(text: &str, origin: &Path, env: &[(String, String)]) -> Result<ValidatedConfig, ConfigErrors> {
+pub(crate) fn load_text(
+    text: &str,
+    origin: &Path,
+    env: &[(String, String)],
+) -> Result<ValidatedConfig, ConfigErrors> {
     let Parsed {
         config,
         map,
@@ -145,7 +156,11 @@ pub(crate) fn load_text(text: &str, origin: &Path, env: &[(String, String)]) -> 
     match (valid, ConfigErrors::from_vec(errors)) {
         (_, Some(errors)) => Err(errors),
         (Some(valid), None) => Ok(valid),
-        (None, None) => Err(ConfigErrors::one(ConfigError::file(origin, None, "no configuration"))),
+        (None, None) => Err(ConfigErrors::one(ConfigError::file(
+            origin,
+            None,
+            "no configuration",
+        ))),
     }
 }
 
@@ -192,7 +207,11 @@ fn parse(text: &str, origin: &Path, env: &[(String, String)]) -> Parsed {
 
 /// Deserializes section by section and camera by camera, so one bad value does not hide the
 /// errors of the other sections.
-fn deserialize_document(doc: DeTable<'_>, map: &SourceMap, errors: &mut Vec<ConfigError>) -> Option<Config> {
+fn deserialize_document(
+    doc: DeTable<'_>,
+    map: &SourceMap,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Config> {
     let mut config = Config::default();
     let before = errors.len();
     let root = KeyPath::root();
@@ -270,7 +289,11 @@ mod tests {
         let text = "[[camera]]\nname = \"a\"\nfragment = { duration_ms = 25000 }\naudio = { channels = 3 }\n\n\
                     [[camera]]\nname = \"b\"\nvideo = { framerate = 0 }\n";
         let errors = errors_of(text);
-        let lines: Vec<_> = errors.errors().iter().map(|e| (e.path.as_str(), e.line)).collect();
+        let lines: Vec<_> = errors
+            .errors()
+            .iter()
+            .map(|e| (e.path.as_str(), e.line))
+            .collect();
         assert_eq!(
             lines,
             [
@@ -286,7 +309,11 @@ mod tests {
         let text = "[aws]\nregio = \"x\"\n\n[[camera]]\nname = \"a\"\nvideo = { width = \"wide\" }\n\n\
                     [[camera]]\nname = \"b\"\naudio = { source = \"usb\" }\n\n[service]\nshutdown_timeout_s = -1\n\n[extra]\n";
         let errors = errors_of(text);
-        let found: Vec<_> = errors.errors().iter().map(|e| (e.path.as_str(), e.line)).collect();
+        let found: Vec<_> = errors
+            .errors()
+            .iter()
+            .map(|e| (e.path.as_str(), e.line))
+            .collect();
         assert_eq!(
             found,
             [
@@ -298,7 +325,11 @@ mod tests {
             ],
             "{errors}"
         );
-        assert!(errors.to_string().contains("unit.toml:2: aws.regio: unknown field `regio`, expected one of"));
+        assert!(
+            errors
+                .to_string()
+                .contains("unit.toml:2: aws.regio: unknown field `regio`, expected one of")
+        );
         assert!(errors.to_string().contains("unknown variant `usb`"));
     }
 
@@ -312,15 +343,22 @@ mod tests {
 
     #[test]
     fn unreadable_files_are_config_errors() {
-        let errors = load_with_env(Path::new("/nonexistent/kinesis-edge.toml"), &[]).expect_err("missing file");
-        assert!(errors.to_string().starts_with("/nonexistent/kinesis-edge.toml: cannot read the configuration file"));
+        let errors = load_with_env(Path::new("/nonexistent/kinesis-edge.toml"), &[])
+            .expect_err("missing file");
+        assert!(
+            errors
+                .to_string()
+                .starts_with("/nonexistent/kinesis-edge.toml: cannot read the configuration file")
+        );
     }
 
     #[test]
     fn parse_then_validate_matches_load() {
         let text = "[[camera]]\nname = \"cam\"\nvideo = { width = 641 }\n";
         let config = Config::from_toml_str(text, Path::new(ORIGIN)).expect("parses");
-        let errors = config.validate(text, Path::new(ORIGIN)).expect_err("odd width");
+        let errors = config
+            .validate(text, Path::new(ORIGIN))
+            .expect_err("odd width");
         assert_eq!(errors.to_string(), errors_of(text).to_string());
         assert_eq!(errors.errors().first().and_then(|e| e.line), Some(3));
     }
@@ -335,24 +373,42 @@ mod tests {
              secret_access_key = \"{SECRET}\"\nsession_token = \"{TOKEN}\"\n\n[[camera]]\nname = \"cam\"\n"
         );
         let valid = load_text(&text, Path::new(ORIGIN), &[]).expect("valid");
-        let secret = valid.aws.credentials.secret_access_key.as_ref().expect("set");
+        let secret = valid
+            .aws
+            .credentials
+            .secret_access_key
+            .as_ref()
+            .expect("set");
         assert_eq!(secret.expose(), SECRET);
         let debug = format!("{valid:?} {:#?}", valid.aws);
         let shown = format!("{secret} {secret:?}");
         let serialized = toml::to_string(valid.config()).expect("serializes");
         for output in [&debug, &shown, &serialized] {
-            assert!(!output.contains(SECRET) && !output.contains(TOKEN), "{output}");
+            assert!(
+                !output.contains(SECRET) && !output.contains(TOKEN),
+                "{output}"
+            );
             assert!(output.contains(REDACTED));
         }
 
         // Errors in the same table (and wrong-typed secrets) show no secret either.
         let broken = text.replace("source = \"static\"", "source = \"profile\"");
         let errors = errors_of(&broken).to_string();
-        assert!(errors.contains("aws.credentials.secret_access_key: is not used with source = \"profile\""));
-        assert!(!errors.contains(SECRET) && !errors.contains(TOKEN), "{errors}");
+        assert!(
+            errors.contains(
+                "aws.credentials.secret_access_key: is not used with source = \"profile\""
+            )
+        );
+        assert!(
+            !errors.contains(SECRET) && !errors.contains(TOKEN),
+            "{errors}"
+        );
         let numeric = "[aws.credentials]\nsource = \"static\"\naccess_key_id = \"AKIA1\"\nsecret_access_key = 918273645\n";
         let errors = errors_of(numeric).to_string();
-        assert!(errors.contains("unit.toml:4: aws.credentials.secret_access_key: invalid type"), "{errors}");
+        assert!(
+            errors.contains("unit.toml:4: aws.credentials.secret_access_key: invalid type"),
+            "{errors}"
+        );
         assert!(!errors.contains("918273645"), "{errors}");
 
         // From the environment too.
@@ -360,27 +416,53 @@ mod tests {
             "KINESIS_EDGE__AWS__CREDENTIALS__SECRET_ACCESS_KEY".to_owned(),
             "5550123".to_owned(),
         )];
-        let errors = load_text(&text, Path::new(ORIGIN), &env).expect_err("numeric secret").to_string();
-        assert!(errors.contains("KINESIS_EDGE__AWS__CREDENTIALS__SECRET_ACCESS_KEY"), "{errors}");
+        let errors = load_text(&text, Path::new(ORIGIN), &env)
+            .expect_err("numeric secret")
+            .to_string();
+        assert!(
+            errors.contains("KINESIS_EDGE__AWS__CREDENTIALS__SECRET_ACCESS_KEY"),
+            "{errors}"
+        );
         assert!(!errors.contains("5550123"), "{errors}");
     }
 
     #[test]
     fn credential_sources_require_their_fields() {
         let cases = [
-            ("source = \"static\"", "aws.credentials.access_key_id: is required"),
-            ("source = \"static\"\naccess_key_id = \"AKIA1\"", "aws.credentials.secret_access_key: is required"),
+            (
+                "source = \"static\"",
+                "aws.credentials.access_key_id: is required",
+            ),
+            (
+                "source = \"static\"\naccess_key_id = \"AKIA1\"",
+                "aws.credentials.secret_access_key: is required",
+            ),
             ("source = \"file\"", "aws.credentials.path: is required"),
             ("source = \"iot\"", "aws.credentials.iot: is required"),
-            ("source = \"iot\"\niot = { endpoint = \"x.credentials.iot.eu-west-1.amazonaws.com\" }", "aws.credentials.iot.role_alias: is required"),
-            ("source = \"iot\"\niot = { endpoint = \"abc-ats.iot.eu-west-1.amazonaws.com\", cert_path = \"c\", key_path = \"k\", role_alias = \"r\", thing_name = \"t\" }", "looks like the MQTT data endpoint"),
-            ("source = \"env\"\nprofile = \"p\"", "aws.credentials.profile: is not used with source = \"env\""),
-            ("source = \"auto\"\nsession_token = \"t\"", "needs access_key_id and secret_access_key"),
+            (
+                "source = \"iot\"\niot = { endpoint = \"x.credentials.iot.eu-west-1.amazonaws.com\" }",
+                "aws.credentials.iot.role_alias: is required",
+            ),
+            (
+                "source = \"iot\"\niot = { endpoint = \"abc-ats.iot.eu-west-1.amazonaws.com\", cert_path = \"c\", key_path = \"k\", role_alias = \"r\", thing_name = \"t\" }",
+                "looks like the MQTT data endpoint",
+            ),
+            (
+                "source = \"env\"\nprofile = \"p\"",
+                "aws.credentials.profile: is not used with source = \"env\"",
+            ),
+            (
+                "source = \"auto\"\nsession_token = \"t\"",
+                "needs access_key_id and secret_access_key",
+            ),
         ];
         for (credentials, expected) in cases {
             let text = format!("[aws.credentials]\n{credentials}\n\n[[camera]]\nname = \"cam\"\n");
             let errors = errors_of(&text).to_string();
-            assert!(errors.contains(expected), "{credentials}: expected {expected:?} in\n{errors}");
+            assert!(
+                errors.contains(expected),
+                "{credentials}: expected {expected:?} in\n{errors}"
+            );
             assert!(errors.starts_with("unit.toml:"), "{errors}");
         }
         let good = "[aws.credentials]\nsource = \"iot\"\n[aws.credentials.iot]\nendpoint = \"c2x.credentials.iot.eu-west-1.amazonaws.com\"\n\

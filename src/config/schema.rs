@@ -237,7 +237,8 @@ impl<'de> Deserialize<'de> for Secret {
 /// `invalid type` message would print it).
 struct SecretVisitor;
 
-const SECRET_TYPE_ERROR: &str = "invalid type: expected a string (the value is not shown: it is a secret; quote it)";
+const SECRET_TYPE_ERROR: &str =
+    "invalid type: expected a string (the value is not shown: it is a secret; quote it)";
 
 impl<'de> Visitor<'de> for SecretVisitor {
     type Value = Secret;
@@ -344,9 +345,8 @@ impl CameraConfig {
     /// (`framerate × fragment.duration_ms / 1000`, at least 1).
     pub fn key_frame_interval_frames(&self) -> u32 {
         self.video.key_frame_interval_frames.unwrap_or_else(|| {
-            let frames = u64::from(self.video.framerate)
-                * u64::from(self.fragment.duration_ms)
-                / 1000;
+            let frames =
+                u64::from(self.video.framerate) * u64::from(self.fragment.duration_ms) / 1000;
             u32::try_from(frames).unwrap_or(u32::MAX).max(1)
         })
     }

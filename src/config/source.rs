@@ -213,7 +213,11 @@ impl SourceMap {
     pub(crate) fn location_of_path(&self, path: &KeyPath) -> Location {
         let mut current = Some(path.clone());
         while let Some(candidate) = current {
-            if let Some(entry) = self.by_path.get(&candidate).and_then(|&i| self.entries.get(i)) {
+            if let Some(entry) = self
+                .by_path
+                .get(&candidate)
+                .and_then(|&i| self.entries.get(i))
+            {
                 return self.location_of_span(&entry.key_span);
             }
             current = candidate.parent();
@@ -222,8 +226,34 @@ impl SourceMap {
     }
 
     /// A validation error about `path`.
-    pub(crate) fn error(&self, path: &KeyPath, value: Option<String>, message: String) -> ConfigError {
-        self.error_at(path.to_string(), self.location_of_path(path), value, message)
+    pub(crate) fn error(
+        &self,
+        path: &KeyPath,
+        value: Option<String>,
+        message: String,
+    ) -> ConfigError {
+        self.error_at(
+            path.to_string(),
+            self.location_of_path(path),
+            value,
+            message,
+        )
+    }
+
+    /// A validation error about `path`, located at `related` when neither `path` nor any of its
+    /// parents is in the document (a defaulted key that clashes with one the file sets).
+    pub(crate) fn error_near(
+        &self,
+        path: &KeyPath,
+        related: &KeyPath,
+        value: Option<String>,
+        message: String,
+    ) -> ConfigError {
+        let location = match self.location_of_path(path) {
+            Location::Unknown => self.location_of_path(related),
+            found => found,
+        };
+        self.error_at(path.to_string(), location, value, message)
     }
 
     /// An error from serde or the TOML parser: located by its span, its key path found from the
@@ -244,7 +274,13 @@ impl SourceMap {
         self.error_at(path, Location::Env(var.to_owned()), None, message)
     }
 
-    fn error_at(&self, path: String, location: Location, value: Option<String>, message: String) -> ConfigError {
+    fn error_at(
+        &self,
+        path: String,
+        location: Location,
+        value: Option<String>,
+        message: String,
+    ) -> ConfigError {
         let (line, env_var) = match location {
             Location::Line(line) => (Some(line), None),
             Location::Env(var) => (None, Some(var)),
@@ -280,14 +316,25 @@ mod tests {
         let text = "[aws]\nregion = \"x\"\n\n[[camera]]\nname = \"a\"\nvideo = { width = 5 }\n";
         let doc = DeTable::parse(text).expect("valid TOML");
         let map = SourceMap::new(Path::new("f.toml"), text, doc.get_ref(), vec!["VAR".into()]);
-        let width = KeyPath::root().key("camera").index(0).key("video").key("width");
+        let width = KeyPath::root()
+            .key("camera")
+            .index(0)
+            .key("video")
+            .key("width");
         assert_eq!(map.location_of_path(&width), Location::Line(6));
         // Absent key: reported at its nearest present parent.
-        let height = KeyPath::root().key("camera").index(0).key("video").key("height");
+        let height = KeyPath::root()
+            .key("camera")
+            .index(0)
+            .key("video")
+            .key("height");
         assert_eq!(map.location_of_path(&height), Location::Line(6));
         let camera = KeyPath::root().key("camera").index(0);
         assert_eq!(map.location_of_path(&camera), Location::Line(4));
-        assert_eq!(map.location_of_path(&KeyPath::root().key("service")), Location::Unknown);
+        assert_eq!(
+            map.location_of_path(&KeyPath::root().key("service")),
+            Location::Unknown
+        );
         let value_span = text.find("5 }").map(|i| i..i + 1).expect("present");
         assert_eq!(map.path_of_span(&value_span), Some(&width));
         assert_eq!(

@@ -39,7 +39,11 @@ struct Checker<'a> {
 fn show(text: &str) -> String {
     const MAX_CHARS: usize = 48;
     match text.char_indices().nth(MAX_CHARS) {
-        Some((cut, _)) => format!("{:?}… ({} bytes)", text.get(..cut).unwrap_or_default(), text.len()),
+        Some((cut, _)) => format!(
+            "{:?}… ({} bytes)",
+            text.get(..cut).unwrap_or_default(),
+            text.len()
+        ),
         None => format!("{text:?}"),
     }
 }
@@ -56,7 +60,10 @@ fn is_name_char(c: char) -> bool {
 /// Characters AWS tagging allows in stream tag keys and values:
 /// `[\p{L}\p{Z}\p{N}_.:/=+\-@]`.
 fn is_tag_char(c: char) -> bool {
-    c.is_alphanumeric() || c == ' ' || (c.is_whitespace() && !c.is_control()) || "_.:/=+-@".contains(c)
+    c.is_alphanumeric()
+        || c == ' '
+        || (c.is_whitespace() && !c.is_control())
+        || "_.:/=+-@".contains(c)
 }
 
 /// Checks a name made of [`is_name_char`] characters of bounded length.
@@ -66,10 +73,14 @@ fn check_name(name: &str, max_chars: usize) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if chars > max_chars {
-        return Err(format!("is {chars} characters long; at most {max_chars} are allowed"));
+        return Err(format!(
+            "is {chars} characters long; at most {max_chars} are allowed"
+        ));
     }
     if let Some(bad) = name.chars().find(|&c| !is_name_char(c)) {
-        return Err(format!("contains {bad:?}; only A-Z, a-z, 0-9, `_`, `.` and `-` are allowed"));
+        return Err(format!(
+            "contains {bad:?}; only A-Z, a-z, 0-9, `_`, `.` and `-` are allowed"
+        ));
     }
     Ok(())
 }
@@ -77,10 +88,10 @@ fn check_name(name: &str, max_chars: usize) -> Result<(), String> {
 /// Checks an endpoint override: an absolute `https://` URL, or `http://` to a loopback host
 /// (local test services), with no path beyond `/` and no query.
 pub(crate) fn check_endpoint(text: &str) -> Result<(), String> {
-    let uri: http::Uri = text
-        .parse()
-        .map_err(|e| format!("is not a URL: {e}"))?;
-    let scheme = uri.scheme_str().ok_or("needs a scheme: https://host[:port]")?;
+    let uri: http::Uri = text.parse().map_err(|e| format!("is not a URL: {e}"))?;
+    let scheme = uri
+        .scheme_str()
+        .ok_or("needs a scheme: https://host[:port]")?;
     let host = uri.host().ok_or("needs a host: https://host[:port]")?;
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err("must not have a path or query: the request paths are added per call".into());
@@ -105,7 +116,11 @@ fn is_loopback_host(host: &str) -> bool {
 
 /// Checks a `{placeholder}` template; returns its length once expanded with values of the
 /// given lengths.
-fn expanded_partition_key_len(template: &str, device_id_len: usize, camera_len: usize) -> Result<usize, String> {
+fn expanded_partition_key_len(
+    template: &str,
+    device_id_len: usize,
+    camera_len: usize,
+) -> Result<usize, String> {
     let mut len = 0;
     let mut rest = template;
     while let Some(open) = rest.find(['{', '}']) {
@@ -114,9 +129,7 @@ fn expanded_partition_key_len(template: &str, device_id_len: usize, camera_len: 
         if tail.starts_with('}') {
             return Err("has a `}` without a matching `{`".into());
         }
-        let close = tail
-            .find('}')
-            .ok_or("has a `{` without a matching `}`")?;
+        let close = tail.find('}').ok_or("has a `{` without a matching `}`")?;
         match tail.get(1..close).unwrap_or_default() {
             "device_id" => len += device_id_len,
             "camera" => len += camera_len,
@@ -136,14 +149,19 @@ fn expanded_partition_key_len(template: &str, device_id_len: usize, camera_len: 
 /// level names; targets need `=level`.
 fn check_log_filter(filter: &str) -> Result<(), String> {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
-    const HINT: &str = "use a level (error, warn, info, debug, trace, off) or target=level pairs, comma-separated";
+    const HINT: &str =
+        "use a level (error, warn, info, debug, trace, off) or target=level pairs, comma-separated";
     if filter.trim().is_empty() {
         return Err(format!("must not be empty; {HINT}"));
     }
     for directive in filter.split(',').map(str::trim) {
-        let is_level = LEVELS.iter().any(|level| directive.eq_ignore_ascii_case(level));
+        let is_level = LEVELS
+            .iter()
+            .any(|level| directive.eq_ignore_ascii_case(level));
         if !is_level && !directive.contains(['=', '[']) {
-            return Err(format!("{directive:?} is neither a level nor target=level; {HINT}"));
+            return Err(format!(
+                "{directive:?} is neither a level nor target=level; {HINT}"
+            ));
         }
     }
     tracing_subscriber::EnvFilter::try_new(filter)
@@ -153,14 +171,35 @@ fn check_log_filter(filter: &str) -> Result<(), String> {
 
 impl Checker<'_> {
     fn fail(&mut self, path: &KeyPath, value: Option<String>, message: impl Into<String>) {
-        self.errors.push(self.map.error(path, value, message.into()));
+        self.errors
+            .push(self.map.error(path, value, message.into()));
+    }
+
+    /// Like [`Self::fail`], located at `related` when `path` is only a default.
+    fn fail_near(
+        &mut self,
+        path: &KeyPath,
+        related: &KeyPath,
+        value: Option<String>,
+        message: impl Into<String>,
+    ) {
+        self.errors
+            .push(self.map.error_near(path, related, value, message.into()));
     }
 
     /// Fails unless `min <= value <= max`.
     fn range(&mut self, path: &KeyPath, value: u64, min: u64, max: u64, unit: &str) {
         if value < min || value > max {
-            let unit = if unit.is_empty() { String::new() } else { format!(" {unit}") };
-            self.fail(path, Some(value.to_string()), format!("must be between {min} and {max}{unit}"));
+            let unit = if unit.is_empty() {
+                String::new()
+            } else {
+                format!(" {unit}")
+            };
+            self.fail(
+                path,
+                Some(value.to_string()),
+                format!("must be between {min} and {max}{unit}"),
+            );
         }
     }
 
@@ -189,12 +228,8 @@ impl Checker<'_> {
 
     fn credentials(&mut self, creds: &CredentialsConfig, path: &KeyPath) {
         let source = creds.source;
-        let only_with = |what: &str| {
-            format!(
-                "is not used with source = {:?}; {what}",
-                source.as_str()
-            )
-        };
+        let only_with =
+            |what: &str| format!("is not used with source = {:?}; {what}", source.as_str());
         // Which keys each source uses: (key, present, sources that use it).
         let has_static = creds.access_key_id.is_some() || creds.secret_access_key.is_some();
         let uses = |key: &str| -> bool {
@@ -209,11 +244,31 @@ impl Checker<'_> {
             }
         };
         let present = [
-            ("access_key_id", creds.access_key_id.is_some(), "it belongs to source = \"static\""),
-            ("secret_access_key", creds.secret_access_key.is_some(), "it belongs to source = \"static\""),
-            ("session_token", creds.session_token.is_some(), "it belongs to source = \"static\""),
-            ("profile", creds.profile.is_some(), "it belongs to source = \"profile\""),
-            ("path", creds.path.is_some(), "it belongs to source = \"file\""),
+            (
+                "access_key_id",
+                creds.access_key_id.is_some(),
+                "it belongs to source = \"static\"",
+            ),
+            (
+                "secret_access_key",
+                creds.secret_access_key.is_some(),
+                "it belongs to source = \"static\"",
+            ),
+            (
+                "session_token",
+                creds.session_token.is_some(),
+                "it belongs to source = \"static\"",
+            ),
+            (
+                "profile",
+                creds.profile.is_some(),
+                "it belongs to source = \"profile\"",
+            ),
+            (
+                "path",
+                creds.path.is_some(),
+                "it belongs to source = \"file\"",
+            ),
             ("iot", creds.iot.is_some(), "it belongs to source = \"iot\""),
         ];
         for (key, is_set, hint) in present {
@@ -222,7 +277,8 @@ impl Checker<'_> {
             }
         }
 
-        let static_required = source == CredentialSource::Static || (source == CredentialSource::Auto && has_static);
+        let static_required =
+            source == CredentialSource::Static || (source == CredentialSource::Auto && has_static);
         if static_required {
             match &creds.access_key_id {
                 None => self.fail(
@@ -230,11 +286,12 @@ impl Checker<'_> {
                     None,
                     "is required with static credentials",
                 ),
-                Some(id) if id.is_empty() || id.chars().any(|c| !c.is_ascii_alphanumeric()) => self.fail(
-                    &path.key("access_key_id"),
-                    Some(show(id)),
-                    "is not an access key id (letters and digits, e.g. AKIA…)",
-                ),
+                Some(id) if id.is_empty() || id.chars().any(|c| !c.is_ascii_alphanumeric()) => self
+                    .fail(
+                        &path.key("access_key_id"),
+                        Some(show(id)),
+                        "is not an access key id (letters and digits, e.g. AKIA…)",
+                    ),
                 Some(_) => {}
             }
             match &creds.secret_access_key {
@@ -248,8 +305,16 @@ impl Checker<'_> {
                 }
                 Some(_) => {}
             }
-            if creds.session_token.as_ref().is_some_and(|token| token.is_empty()) {
-                self.fail(&path.key("session_token"), None, "must not be empty (leave it out instead)");
+            if creds
+                .session_token
+                .as_ref()
+                .is_some_and(|token| token.is_empty())
+            {
+                self.fail(
+                    &path.key("session_token"),
+                    None,
+                    "must not be empty (leave it out instead)",
+                );
             }
         } else if source == CredentialSource::Auto && creds.session_token.is_some() {
             self.fail(
@@ -261,7 +326,11 @@ impl Checker<'_> {
         if let Some(profile) = &creds.profile
             && profile.trim().is_empty()
         {
-            self.fail(&path.key("profile"), Some(show(profile)), "must not be empty");
+            self.fail(
+                &path.key("profile"),
+                Some(show(profile)),
+                "must not be empty",
+            );
         }
         match (&creds.path, source) {
             (None, CredentialSource::File) => self.fail(
@@ -288,8 +357,14 @@ impl Checker<'_> {
     fn iot(&mut self, iot: &IotCredentialsConfig, path: &KeyPath) {
         let required = [
             ("endpoint", iot.endpoint.as_deref().map(str::is_empty)),
-            ("cert_path", iot.cert_path.as_ref().map(|p| p.as_os_str().is_empty())),
-            ("key_path", iot.key_path.as_ref().map(|p| p.as_os_str().is_empty())),
+            (
+                "cert_path",
+                iot.cert_path.as_ref().map(|p| p.as_os_str().is_empty()),
+            ),
+            (
+                "key_path",
+                iot.key_path.as_ref().map(|p| p.as_os_str().is_empty()),
+            ),
             ("role_alias", iot.role_alias.as_deref().map(str::is_empty)),
             ("thing_name", iot.thing_name.as_deref().map(str::is_empty)),
         ];
@@ -300,8 +375,16 @@ impl Checker<'_> {
                 Some(false) => {}
             }
         }
-        if iot.ca_path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
-            self.fail(&path.key("ca_path"), Some("\"\"".into()), "must not be empty (leave it out for the system roots)");
+        if iot
+            .ca_path
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            self.fail(
+                &path.key("ca_path"),
+                Some("\"\"".into()),
+                "must not be empty (leave it out for the system roots)",
+            );
         }
         if let Some(endpoint) = iot.endpoint.as_deref().filter(|e| !e.is_empty()) {
             let host = endpoint
@@ -315,7 +398,11 @@ impl Checker<'_> {
                     "the credentials endpoint is reached over mutual TLS: give a host name or an https:// URL",
                 );
             } else if host.is_empty() || host.contains(['/', '?', ' ']) {
-                self.fail(&path.key("endpoint"), Some(show(endpoint)), "is not a host name");
+                self.fail(
+                    &path.key("endpoint"),
+                    Some(show(endpoint)),
+                    "is not a host name",
+                );
             } else if host.contains(".iot.") && !host.contains(".credentials.iot.") {
                 self.fail(
                     &path.key("endpoint"),
@@ -337,22 +424,26 @@ impl Checker<'_> {
         for (index, camera) in config.camera.iter().enumerate() {
             let path = cameras.index(index);
             self.camera(camera, &path, &config.buffer);
-            if !camera.name.is_empty() {
-                if let Some(first) = names.insert(env_name(&camera.name), index) {
-                    self.fail(
-                        &path.key("name"),
-                        Some(show(&camera.name)),
-                        format!(
-                            "camera[{first}] has the same name (names compare ignoring case, with `-` and `.` equal to `_`)"
-                        ),
-                    );
-                }
+            if !camera.name.is_empty()
+                && let Some(first) = names.insert(env_name(&camera.name), index)
+            {
+                self.fail(
+                    &path.key("name"),
+                    Some(show(&camera.name)),
+                    format!(
+                        "camera[{first}] has the same name (names compare ignoring case, with `-` and `.` equal to `_`)"
+                    ),
+                );
             }
             if camera.stream_name().is_empty() {
                 continue;
             }
             if let Some(first) = streams.insert(camera.stream_name(), index) {
-                let key = if camera.stream.is_some() { "stream" } else { "name" };
+                let key = if camera.stream.is_some() {
+                    "stream"
+                } else {
+                    "name"
+                };
                 self.fail(
                     &path.key(key),
                     Some(show(camera.stream_name())),
@@ -367,7 +458,11 @@ impl Checker<'_> {
 
     fn camera(&mut self, camera: &CameraConfig, path: &KeyPath, global_buffer: &BufferConfig) {
         if camera.name.is_empty() {
-            self.fail(&path.key("name"), None, "is required: every camera needs a unique name");
+            self.fail(
+                &path.key("name"),
+                None,
+                "is required: every camera needs a unique name",
+            );
         } else if let Err(message) = check_name(&camera.name, limits::MAX_CAMERA_NAME_CHARS) {
             self.fail(&path.key("name"), Some(show(&camera.name)), message);
         }
@@ -430,7 +525,11 @@ impl Checker<'_> {
             self.fail(
                 path,
                 None,
-                format!("has {} tags; a stream takes at most {}", tags.len(), limits::MAX_STREAM_TAGS),
+                format!(
+                    "has {} tags; a stream takes at most {}",
+                    tags.len(),
+                    limits::MAX_STREAM_TAGS
+                ),
             );
         }
         for (key, value) in tags {
@@ -446,8 +545,15 @@ impl Checker<'_> {
                     ),
                 );
             }
-            if key.get(..4).is_some_and(|prefix| prefix.eq_ignore_ascii_case("aws:")) {
-                self.fail(&tag, Some(show(value)), "tag names starting with `aws:` are reserved by AWS");
+            if key
+                .get(..4)
+                .is_some_and(|prefix| prefix.eq_ignore_ascii_case("aws:"))
+            {
+                self.fail(
+                    &tag,
+                    Some(show(value)),
+                    "tag names starting with `aws:` are reserved by AWS",
+                );
             }
             let value_chars = value.chars().count();
             if value_chars > limits::MAX_STREAM_TAG_VALUE_CHARS {
@@ -464,7 +570,9 @@ impl Checker<'_> {
                 self.fail(
                     &tag,
                     Some(show(value)),
-                    format!("contains {bad:?}; tags allow letters, digits, spaces and _ . : / = + - @"),
+                    format!(
+                        "contains {bad:?}; tags allow letters, digits, spaces and _ . : / = + - @"
+                    ),
                 );
             }
         }
@@ -494,7 +602,13 @@ impl Checker<'_> {
             );
         }
         let (min_rate, max_rate) = limits::VIDEO_BITRATE_KBPS;
-        self.range(&path.key("bitrate_kbps"), video.bitrate_kbps.into(), min_rate.into(), max_rate.into(), "kbit/s");
+        self.range(
+            &path.key("bitrate_kbps"),
+            video.bitrate_kbps.into(),
+            min_rate.into(),
+            max_rate.into(),
+            "kbit/s",
+        );
 
         if video.encoder == Encoder::Passthrough && video.source == VideoSource::Test {
             self.fail(
@@ -508,12 +622,12 @@ impl Checker<'_> {
             if let Err(exceeded) = limits.check(video.width, video.height, video.framerate) {
                 // Blame the frame rate when the rate is what is over, else the size.
                 let (key, value) = match exceeded {
-                    limits::LimitExceeded::Framerate { .. } | limits::LimitExceeded::MacroblockRate { .. } => {
+                    limits::LimitExceeded::Framerate { .. }
+                    | limits::LimitExceeded::MacroblockRate { .. } => {
                         ("framerate", video.framerate)
                     }
-                    limits::LimitExceeded::Size { .. } | limits::LimitExceeded::FrameMacroblocks { .. } => {
-                        ("width", video.width)
-                    }
+                    limits::LimitExceeded::Size { .. }
+                    | limits::LimitExceeded::FrameMacroblocks { .. } => ("width", video.width),
                 };
                 self.fail(
                     &path.key(key),
@@ -567,7 +681,10 @@ impl Checker<'_> {
             (AudioSource::None | AudioSource::Test, Some(device)) => self.fail(
                 &path.key("device"),
                 Some(show(device)),
-                format!("is only used with source = \"alsa\", not {:?}", audio.source.as_str()),
+                format!(
+                    "is only used with source = \"alsa\", not {:?}",
+                    audio.source.as_str()
+                ),
             ),
             _ => {}
         }
@@ -575,7 +692,10 @@ impl Checker<'_> {
             self.fail(
                 &path.key("sample_rate"),
                 Some(audio.sample_rate.to_string()),
-                format!("is not an AAC sampling rate; use one of {:?} Hz", limits::AAC_SAMPLE_RATES),
+                format!(
+                    "is not an AAC sampling rate; use one of {:?} Hz",
+                    limits::AAC_SAMPLE_RATES
+                ),
             );
         }
         if !matches!(audio.channels, 1 | 2) {
@@ -586,7 +706,13 @@ impl Checker<'_> {
             );
         }
         let (min, max) = limits::AUDIO_BITRATE_KBPS;
-        self.range(&path.key("bitrate_kbps"), audio.bitrate_kbps.into(), min.into(), max.into(), "kbit/s");
+        self.range(
+            &path.key("bitrate_kbps"),
+            audio.bitrate_kbps.into(),
+            min.into(),
+            max.into(),
+            "kbit/s",
+        );
     }
 
     fn metadata(&mut self, camera: &CameraConfig, path: &KeyPath) {
@@ -655,7 +781,11 @@ impl Checker<'_> {
         if let Some(dir) = &camera.buffer.disk.dir
             && dir.as_os_str().is_empty()
         {
-            self.fail(&own.key("disk").key("dir"), Some("\"\"".into()), "must not be empty");
+            self.fail(
+                &own.key("disk").key("dir"),
+                Some("\"\"".into()),
+                "must not be empty",
+            );
         }
         // The memory tier holds the fragment being written and the one being sent.
         let kbps = u64::from(camera.video.bitrate_kbps)
@@ -666,10 +796,16 @@ impl Checker<'_> {
             };
         let fragment_bytes = kbps * u64::from(camera.fragment.duration_ms) / 8;
         let memory_bytes = u64::from(effective.memory_mb) * 1024 * 1024;
-        if effective.memory_mb > 0 && memory_bytes < 2 * fragment_bytes {
+        // Out-of-range inputs have their own errors; do not pile a second one on them.
+        let (min_rate, max_rate) = limits::VIDEO_BITRATE_KBPS;
+        let inputs_in_range = (min_rate..=max_rate).contains(&camera.video.bitrate_kbps)
+            && (limits::FRAGMENT_DURATION_MIN_MS..=limits::FRAGMENT_DURATION_MAX_MS)
+                .contains(&camera.fragment.duration_ms);
+        if inputs_in_range && effective.memory_mb > 0 && memory_bytes < 2 * fragment_bytes {
             let needed_mb = (2 * fragment_bytes).div_ceil(1024 * 1024);
-            self.fail(
+            self.fail_near(
                 &memory_path,
+                &path.key("video").key("bitrate_kbps"),
                 Some(effective.memory_mb.to_string()),
                 format!(
                     "is too small for {path}: two {} ms fragments at {kbps} kbit/s need {needed_mb} MiB",
@@ -687,7 +823,11 @@ impl Checker<'_> {
         let path = KeyPath::root().key("buffer");
         self.memory_range(&path.key("memory_mb"), buffer.memory_mb);
         if buffer.disk.dir.as_os_str().is_empty() {
-            self.fail(&path.key("disk").key("dir"), Some("\"\"".into()), "must not be empty");
+            self.fail(
+                &path.key("disk").key("dir"),
+                Some("\"\"".into()),
+                "must not be empty",
+            );
         }
     }
 
@@ -707,7 +847,13 @@ impl Checker<'_> {
             }
             None => {}
         }
-        self.range(&path.key("interval_s"), telemetry.interval_s.into(), 1, 3600, "s");
+        self.range(
+            &path.key("interval_s"),
+            telemetry.interval_s.into(),
+            1,
+            3600,
+            "s",
+        );
         let device_id_len = config
             .service
             .device_id
@@ -722,7 +868,11 @@ impl Checker<'_> {
         let key = &telemetry.partition_key;
         match expanded_partition_key_len(key, device_id_len, camera_len) {
             Err(message) => self.fail(&path.key("partition_key"), Some(show(key)), message),
-            Ok(0) => self.fail(&path.key("partition_key"), Some(show(key)), "must not expand to an empty key"),
+            Ok(0) => self.fail(
+                &path.key("partition_key"),
+                Some(show(key)),
+                "must not expand to an empty key",
+            ),
             Ok(len) if len > limits::MAX_PARTITION_KEY_CHARS => self.fail(
                 &path.key("partition_key"),
                 Some(show(key)),
@@ -746,21 +896,38 @@ impl Checker<'_> {
             "bytes",
         );
         let spool = path.key("spool");
-        self.range(&spool.key("max_mb"), telemetry.spool.max_mb.into(), 1, 65_536, "MiB");
+        self.range(
+            &spool.key("max_mb"),
+            telemetry.spool.max_mb.into(),
+            1,
+            65_536,
+            "MiB",
+        );
         let spool_dir = &telemetry.spool.dir;
         if spool_dir.as_os_str().is_empty() {
             self.fail(&spool.key("dir"), Some("\"\"".into()), "must not be empty");
         } else {
-            let mut buffer_dirs = vec![(config.buffer.disk.dir.clone(), "buffer.disk.dir".to_owned())];
+            let global_dir = KeyPath::root().key("buffer").key("disk").key("dir");
+            let mut buffer_dirs = vec![(config.buffer.disk.dir.clone(), global_dir)];
             for (index, camera) in config.camera.iter().enumerate() {
                 if let Some(dir) = &camera.buffer.disk.dir {
-                    buffer_dirs.push((dir.clone(), format!("camera[{index}].buffer.disk.dir")));
+                    let key = KeyPath::root()
+                        .key("camera")
+                        .index(index)
+                        .key("buffer")
+                        .key("disk")
+                        .key("dir");
+                    buffer_dirs.push((dir.clone(), key));
                 }
             }
-            for (dir, key) in buffer_dirs {
-                if !dir.as_os_str().is_empty() && (spool_dir.starts_with(&dir) || dir.starts_with(spool_dir)) {
-                    self.fail(
+            for (dir, buffer_key) in buffer_dirs {
+                let key = buffer_key.to_string();
+                if !dir.as_os_str().is_empty()
+                    && (spool_dir.starts_with(&dir) || dir.starts_with(spool_dir))
+                {
+                    self.fail_near(
                         &spool.key("dir"),
+                        &buffer_key,
                         Some(show_path(spool_dir)),
                         format!("overlaps {key} = {}: the spool and the buffer need separate directories", show_path(&dir)),
                     );
@@ -778,9 +945,19 @@ impl Checker<'_> {
             self.fail(&path.key("device_id"), Some(show(id)), message);
         }
         if let Err(message) = check_log_filter(&service.log_level) {
-            self.fail(&path.key("log_level"), Some(show(&service.log_level)), message);
+            self.fail(
+                &path.key("log_level"),
+                Some(show(&service.log_level)),
+                message,
+            );
         }
-        self.range(&path.key("shutdown_timeout_s"), service.shutdown_timeout_s.into(), 1, 600, "s");
+        self.range(
+            &path.key("shutdown_timeout_s"),
+            service.shutdown_timeout_s.into(),
+            1,
+            600,
+            "s",
+        );
     }
 }
 
@@ -790,7 +967,10 @@ mod tests {
 
     #[test]
     fn endpoints_need_https_except_on_loopback() {
-        assert_eq!(check_endpoint("https://kinesisvideo.eu-west-1.amazonaws.com"), Ok(()));
+        assert_eq!(
+            check_endpoint("https://kinesisvideo.eu-west-1.amazonaws.com"),
+            Ok(())
+        );
         assert_eq!(check_endpoint("http://127.0.0.1:4566"), Ok(()));
         assert_eq!(check_endpoint("http://127.8.9.1:4566/"), Ok(()));
         assert_eq!(check_endpoint("http://[::1]:4566"), Ok(()));
@@ -811,7 +991,10 @@ mod tests {
 
     #[test]
     fn partition_key_templates_expand_known_placeholders_only() {
-        assert_eq!(expanded_partition_key_len("{device_id}/{camera}", 32, 10), Ok(43));
+        assert_eq!(
+            expanded_partition_key_len("{device_id}/{camera}", 32, 10),
+            Ok(43)
+        );
         assert_eq!(expanded_partition_key_len("fixed", 32, 10), Ok(5));
         assert!(expanded_partition_key_len("{site}", 32, 10).is_err());
         assert!(expanded_partition_key_len("{camera", 32, 10).is_err());
