@@ -493,4 +493,58 @@ mod tests {
         assert_eq!(effective.disk.max_mb, DEFAULT_BUFFER_DISK_MB);
         assert_eq!(effective.disk.dir, Path::new(DEFAULT_BUFFER_DIR));
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const BASE: &str = "[[camera]]\nname = \"front-door\"\nvideo = { source = \"test\" }\n[camera.metadata]\nsite = \"x\"\n";
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("AWS".to_owned()),
+                Just("CAMERA".to_owned()),
+                Just("FRONT_DOOR".to_owned()),
+                Just("VIDEO".to_owned()),
+                Just("WIDTH".to_owned()),
+                Just("METADATA".to_owned()),
+                Just("REGION".to_owned()),
+                Just("BUFFER".to_owned()),
+                Just("DISK".to_owned()),
+                "[A-Za-z_]{0,6}",
+            ]
+        }
+
+        proptest! {
+            /// Any text gives a configuration or errors naming the file, never a panic.
+            #[test]
+            fn arbitrary_text_never_panics(text in "(\\PC|\n){0,200}") {
+                if let Err(errors) = load_text(&text, Path::new(ORIGIN), &[]) {
+                    prop_assert!(!errors.is_empty());
+                    prop_assert!(errors.to_string().starts_with(ORIGIN));
+                }
+            }
+
+            /// Arbitrary overrides on a valid file never panic, and any error they cause that
+            /// has no line names an environment variable or a key.
+            #[test]
+            fn arbitrary_overrides_never_panic(
+                vars in proptest::collection::vec((proptest::collection::vec(key(), 1..5), "\\PC{0,12}"), 0..4)
+            ) {
+                let env: Vec<(String, String)> = vars
+                    .into_iter()
+                    .map(|(keys, value)| (format!("{ENV_PREFIX}{}", keys.join(ENV_SEPARATOR)), value))
+                    .collect();
+                if let Err(errors) = load_text(BASE, Path::new(ORIGIN), &env) {
+                    for error in errors.errors() {
+                        prop_assert!(
+                            error.line.is_some() || error.env_var.is_some() || !error.path.is_empty(),
+                            "unlocated error: {error}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }
