@@ -228,55 +228,46 @@ impl Checker<'_> {
 
     fn credentials(&mut self, creds: &CredentialsConfig, path: &KeyPath) {
         let source = creds.source;
-        let only_with =
-            |what: &str| format!("is not used with source = {:?}; {what}", source.as_str());
-        // Which keys each source uses: (key, present, sources that use it).
-        let has_static = creds.access_key_id.is_some() || creds.secret_access_key.is_some();
-        let uses = |key: &str| -> bool {
-            match key {
-                "access_key_id" | "secret_access_key" | "session_token" => {
-                    matches!(source, CredentialSource::Static | CredentialSource::Auto)
-                }
-                "profile" => matches!(source, CredentialSource::Profile | CredentialSource::Auto),
-                "path" => matches!(source, CredentialSource::File | CredentialSource::Auto),
-                "iot" => matches!(source, CredentialSource::Iot | CredentialSource::Auto),
-                _ => false,
-            }
-        };
-        let present = [
+        // Each key belongs to one source; `auto` may use them all.
+        let owners = [
             (
                 "access_key_id",
                 creds.access_key_id.is_some(),
-                "it belongs to source = \"static\"",
+                CredentialSource::Static,
             ),
             (
                 "secret_access_key",
                 creds.secret_access_key.is_some(),
-                "it belongs to source = \"static\"",
+                CredentialSource::Static,
             ),
             (
                 "session_token",
                 creds.session_token.is_some(),
-                "it belongs to source = \"static\"",
+                CredentialSource::Static,
             ),
             (
                 "profile",
                 creds.profile.is_some(),
-                "it belongs to source = \"profile\"",
+                CredentialSource::Profile,
             ),
-            (
-                "path",
-                creds.path.is_some(),
-                "it belongs to source = \"file\"",
-            ),
-            ("iot", creds.iot.is_some(), "it belongs to source = \"iot\""),
+            ("path", creds.path.is_some(), CredentialSource::File),
+            ("iot", creds.iot.is_some(), CredentialSource::Iot),
         ];
-        for (key, is_set, hint) in present {
-            if is_set && !uses(key) {
-                self.fail(&path.key(key), None, only_with(hint));
+        for (key, is_set, owner) in owners {
+            if is_set && source != owner && source != CredentialSource::Auto {
+                self.fail(
+                    &path.key(key),
+                    None,
+                    format!(
+                        "is not used with source = {:?}; it belongs to source = {:?}",
+                        source.as_str(),
+                        owner.as_str()
+                    ),
+                );
             }
         }
 
+        let has_static = creds.access_key_id.is_some() || creds.secret_access_key.is_some();
         let static_required =
             source == CredentialSource::Static || (source == CredentialSource::Auto && has_static);
         if static_required {
