@@ -1,6 +1,12 @@
 //! Matroska as Kinesis Video Streams ingests it: EBML writing, the fragment muxer, fragment
 //! tags and event tags, timecode rules. No I/O: output goes to a [`MuxSink`].
 
+pub mod ebml;
+pub mod interleave;
+pub mod tags;
+
+pub use tags::{Event, EventKind, FragmentTags, TagError};
+
 use bytes::Bytes;
 use std::io;
 
