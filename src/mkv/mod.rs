@@ -2,6 +2,7 @@
 //! tags and event tags, timecode rules. No I/O: output goes to a [`MuxSink`].
 
 pub mod ebml;
+pub mod header;
 pub mod interleave;
 pub mod tags;
 
