@@ -11,8 +11,9 @@ use super::MediaError;
 use super::bits::BitReader;
 
 /// The MPEG-4 sampling frequency table, indexed by samplingFrequencyIndex.
-pub const SAMPLE_RATES: [u32; 13] =
-    [96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350];
+pub const SAMPLE_RATES: [u32; 13] = [
+    96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
+];
 
 /// Audio object type of AAC Low Complexity.
 pub const OBJECT_TYPE_AAC_LC: u8 = 2;
@@ -36,7 +37,10 @@ pub struct AudioSpecificConfig {
 }
 
 fn table_index(rate: u32) -> Option<u8> {
-    SAMPLE_RATES.iter().position(|&r| r == rate).and_then(|i| u8::try_from(i).ok())
+    SAMPLE_RATES
+        .iter()
+        .position(|&r| r == rate)
+        .and_then(|i| u8::try_from(i).ok())
 }
 
 impl AudioSpecificConfig {
@@ -59,9 +63,14 @@ impl AudioSpecificConfig {
         let sample_rate = if index == EXPLICIT_FREQUENCY_INDEX {
             r.u32(24, "samplingFrequency")?
         } else {
-            *SAMPLE_RATES
-                .get(usize::from(index))
-                .ok_or_else(|| r.invalid("samplingFrequencyIndex", index.into(), index_at, "13 and 14 are reserved"))?
+            *SAMPLE_RATES.get(usize::from(index)).ok_or_else(|| {
+                r.invalid(
+                    "samplingFrequencyIndex",
+                    index.into(),
+                    index_at,
+                    "13 and 14 are reserved",
+                )
+            })?
         };
         if sample_rate == 0 {
             return Err(r.invalid("samplingFrequency", 0, rate_at, "must not be 0"));
@@ -77,9 +86,16 @@ impl AudioSpecificConfig {
             ));
         }
         if escaped && index == EXPLICIT_FREQUENCY_INDEX {
-            return Err(MediaError::UnencodableAudioConfig { object_type, sample_rate });
+            return Err(MediaError::UnencodableAudioConfig {
+                object_type,
+                sample_rate,
+            });
         }
-        Ok(AudioSpecificConfig { object_type, sample_rate, channels })
+        Ok(AudioSpecificConfig {
+            object_type,
+            sample_rate,
+            channels,
+        })
     }
 
     /// AAC-LC at a table sample rate with channel configuration 1..=7.
@@ -90,7 +106,11 @@ impl AudioSpecificConfig {
         if !(1..=7).contains(&channels) {
             return Err(MediaError::InvalidChannels { channels });
         }
-        Ok(AudioSpecificConfig { object_type: OBJECT_TYPE_AAC_LC, sample_rate, channels })
+        Ok(AudioSpecificConfig {
+            object_type: OBJECT_TYPE_AAC_LC,
+            sample_rate,
+            channels,
+        })
     }
 
     /// Number of audio channels (channelConfiguration 7 is 7.1, i.e. 8 channels).
@@ -103,17 +123,23 @@ impl AudioSpecificConfig {
     /// extension). Fails for configs outside the module invariant (only reachable by building
     /// the struct by hand with out-of-range fields).
     pub fn try_to_bytes(&self) -> Result<heapless::Vec<u8, 5>, MediaError> {
-        let unencodable =
-            || MediaError::UnencodableAudioConfig { object_type: self.object_type, sample_rate: self.sample_rate };
+        let unencodable = || MediaError::UnencodableAudioConfig {
+            object_type: self.object_type,
+            sample_rate: self.sample_rate,
+        };
         if !(1..=7).contains(&self.channels) {
-            return Err(MediaError::InvalidChannels { channels: self.channels });
+            return Err(MediaError::InvalidChannels {
+                channels: self.channels,
+            });
         }
         if self.object_type == 0 || self.object_type > MAX_OBJECT_TYPE {
             return Err(unencodable());
         }
         let index = table_index(self.sample_rate);
         if index.is_none() && (self.sample_rate == 0 || self.sample_rate > MAX_EXPLICIT_RATE) {
-            return Err(MediaError::UnsupportedSampleRate { rate: self.sample_rate });
+            return Err(MediaError::UnsupportedSampleRate {
+                rate: self.sample_rate,
+            });
         }
         if index.is_none() && self.object_type >= ESCAPE_OBJECT_TYPE {
             return Err(unencodable());
@@ -144,7 +170,8 @@ impl AudioSpecificConfig {
         let padded = bits << (byte_len * 8 - len);
         let mut out = heapless::Vec::new();
         for i in (0..byte_len).rev() {
-            out.push((padded >> (i * 8)) as u8).map_err(|_| unencodable())?;
+            out.push((padded >> (i * 8)) as u8)
+                .map_err(|_| unencodable())?;
         }
         Ok(out)
     }

@@ -29,7 +29,11 @@ static START_CODE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(&[0,
 /// trailing zero bytes of a NAL trimmed). One forward pass, no allocation; see the module
 /// documentation for what is accepted.
 pub fn nal_ranges(data: &[u8]) -> NalRanges<'_> {
-    NalRanges { data, pos: 0, state: ScanState::Start }
+    NalRanges {
+        data,
+        pos: 0,
+        state: ScanState::Start,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +64,11 @@ impl NalRanges<'_> {
         if self.data.is_empty() {
             return Ok(false);
         }
-        let zeros = self.data.iter().position(|&b| b != 0).unwrap_or(self.data.len());
+        let zeros = self
+            .data
+            .iter()
+            .position(|&b| b != 0)
+            .unwrap_or(self.data.len());
         if zeros < 2 || self.data.get(zeros) != Some(&1) {
             return Err(MediaError::MissingStartCode { offset: 0 });
         }
@@ -104,7 +112,10 @@ impl Iterator for NalRanges<'_> {
                         .map_or(0, |last_non_zero| last_non_zero + 1);
                 let zeros = code + 2 - zero_run_start;
                 if zeros > 3 {
-                    return self.fail(MediaError::TooManyZeros { offset: zero_run_start, zeros });
+                    return self.fail(MediaError::TooManyZeros {
+                        offset: zero_run_start,
+                        zeros,
+                    });
                 }
                 if zero_run_start == start {
                     return self.fail(MediaError::EmptyNal { offset: start });
@@ -115,7 +126,10 @@ impl Iterator for NalRanges<'_> {
             None => {
                 self.state = ScanState::Done;
                 let end = start
-                    + rest.iter().rposition(|&b| b != 0).map_or(0, |last_non_zero| last_non_zero + 1);
+                    + rest
+                        .iter()
+                        .rposition(|&b| b != 0)
+                        .map_or(0, |last_non_zero| last_non_zero + 1);
                 if end == start {
                     return Some(Err(MediaError::EmptyNal { offset: start }));
                 }
@@ -130,7 +144,11 @@ impl std::iter::FusedIterator for NalRanges<'_> {}
 /// Iterates NAL units of a length-prefixed buffer (4-byte big-endian lengths) as ranges
 /// (prefixes excluded); errors on truncation and on zero lengths.
 pub fn length_prefixed_ranges(data: &[u8]) -> LengthPrefixedRanges<'_> {
-    LengthPrefixedRanges { data, pos: 0, done: false }
+    LengthPrefixedRanges {
+        data,
+        pos: 0,
+        done: false,
+    }
 }
 
 /// Iterator returned by [`length_prefixed_ranges`].
@@ -152,14 +170,21 @@ impl Iterator for LengthPrefixedRanges<'_> {
         let offset = self.pos;
         let rest = self.data.get(offset..).unwrap_or_default();
         let result = match rest.first_chunk::<4>() {
-            None => Err(MediaError::TruncatedLengthPrefix { offset, available: rest.len() }),
+            None => Err(MediaError::TruncatedLengthPrefix {
+                offset,
+                available: rest.len(),
+            }),
             Some(prefix) => {
                 let declared = u32::from_be_bytes(*prefix) as usize;
                 let available = rest.len() - 4;
                 if declared == 0 {
                     Err(MediaError::EmptyNal { offset })
                 } else if declared > available {
-                    Err(MediaError::TruncatedNal { offset, declared, available })
+                    Err(MediaError::TruncatedNal {
+                        offset,
+                        declared,
+                        available,
+                    })
                 } else {
                     self.pos = offset + 4 + declared;
                     Ok(offset + 4..self.pos)
@@ -183,8 +208,10 @@ pub fn annexb_to_length_prefixed(data: &[u8], out: &mut Vec<u8>) -> Result<(), M
     out.reserve(data.len() + 8);
     for range in nal_ranges(data) {
         let appended = range.and_then(|range| {
-            let len = u32::try_from(range.len())
-                .map_err(|_| MediaError::NalTooLarge { offset: range.start, len: range.len() })?;
+            let len = u32::try_from(range.len()).map_err(|_| MediaError::NalTooLarge {
+                offset: range.start,
+                len: range.len(),
+            })?;
             out.extend_from_slice(&len.to_be_bytes());
             out.extend_from_slice(data.get(range).unwrap_or_default());
             Ok(())

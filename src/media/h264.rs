@@ -61,7 +61,10 @@ pub struct Sps {
 
 /// Profiles whose SPS carries chroma_format_idc, bit depths and scaling matrices (§7.3.2.1.1).
 fn has_chroma_info(profile_idc: u8) -> bool {
-    matches!(profile_idc, 100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135)
+    matches!(
+        profile_idc,
+        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
+    )
 }
 
 /// Skips one scaling_list() of `size` entries (§7.3.2.1.1.1), checking each delta.
@@ -73,7 +76,12 @@ fn skip_scaling_list(r: &mut BitReader<'_>, size: usize) -> Result<(), MediaErro
             let at = r.bit_offset();
             let delta = r.se("delta_scale")?;
             if !(-128..=127).contains(&delta) {
-                return Err(r.invalid("delta_scale", i64::from(delta), at, "must be in -128..=127"));
+                return Err(r.invalid(
+                    "delta_scale",
+                    i64::from(delta),
+                    at,
+                    "must be in -128..=127",
+                ));
             }
             next_scale = (last_scale + delta + 256) % 256;
         }
@@ -92,7 +100,11 @@ impl Sps {
         match nal_type(nal) {
             Some(NAL_SPS) => {}
             Some(found) => {
-                return Err(MediaError::UnexpectedNalType { codec: Codec::H264, expected: "SPS", found });
+                return Err(MediaError::UnexpectedNalType {
+                    codec: Codec::H264,
+                    expected: "SPS",
+                    found,
+                });
             }
             None => return Err(MediaError::EmptyNal { offset: 0 }),
         }
@@ -159,7 +171,8 @@ impl Sps {
         let coded_height = height_in_map_units * 16 * field_factor;
 
         let crop_at = r.bit_offset();
-        let (mut crop_left, mut crop_right, mut crop_top, mut crop_bottom) = (0u64, 0u64, 0u64, 0u64);
+        let (mut crop_left, mut crop_right, mut crop_top, mut crop_bottom) =
+            (0u64, 0u64, 0u64, 0u64);
         if r.flag("frame_cropping_flag")? {
             crop_left = r.ue("frame_crop_left_offset")?.into();
             crop_right = r.ue("frame_crop_right_offset")?.into();
@@ -167,7 +180,11 @@ impl Sps {
             crop_bottom = r.ue("frame_crop_bottom_offset")?.into();
         }
         // §7.4.2.1.1: crop offsets count chroma samples (or luma for monochrome / separate planes).
-        let chroma_array_type = if separate_colour_plane_flag { 0 } else { chroma_format_idc };
+        let chroma_array_type = if separate_colour_plane_flag {
+            0
+        } else {
+            chroma_format_idc
+        };
         let (crop_unit_x, crop_unit_y) = match chroma_array_type {
             0 => (1, field_factor),
             1 => (2, 2 * field_factor),
@@ -193,7 +210,12 @@ impl Sps {
             ));
         }
         let width = u32::try_from(coded_width - crop_x).map_err(|_| {
-            r.invalid("pic_width_in_mbs_minus1", i64::try_from(width_in_mbs - 1).unwrap_or(i64::MAX), 0, "width exceeds 32 bits")
+            r.invalid(
+                "pic_width_in_mbs_minus1",
+                i64::try_from(width_in_mbs - 1).unwrap_or(i64::MAX),
+                0,
+                "width exceeds 32 bits",
+            )
         })?;
         let height = u32::try_from(coded_height - crop_y).map_err(|_| {
             r.invalid(
@@ -240,8 +262,15 @@ fn has_avcc_extension(profile_idc: u8) -> bool {
 }
 
 /// Appends a 16-bit length and the parameter set.
-pub(crate) fn push_parameter_set(out: &mut Vec<u8>, kind: &'static str, nal: &[u8]) -> Result<(), MediaError> {
-    let len = u16::try_from(nal.len()).map_err(|_| MediaError::ParameterSetTooLarge { kind, len: nal.len() })?;
+pub(crate) fn push_parameter_set(
+    out: &mut Vec<u8>,
+    kind: &'static str,
+    nal: &[u8],
+) -> Result<(), MediaError> {
+    let len = u16::try_from(nal.len()).map_err(|_| MediaError::ParameterSetTooLarge {
+        kind,
+        len: nal.len(),
+    })?;
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(nal);
     Ok(())
@@ -258,14 +287,22 @@ impl AvcDecoderConfig {
         match nal_type(pps) {
             Some(NAL_PPS) => {}
             Some(found) => {
-                return Err(MediaError::UnexpectedNalType { codec: Codec::H264, expected: "PPS", found });
+                return Err(MediaError::UnexpectedNalType {
+                    codec: Codec::H264,
+                    expected: "PPS",
+                    found,
+                });
             }
             None => return Err(MediaError::EmptyNal { offset: 0 }),
         }
         let mut record = Vec::with_capacity(11 + sps.len() + pps.len() + 4);
         record.push(1);
         // SPS bytes 1..4 as read from the RBSP (identical to the NAL bytes for any valid level).
-        record.extend_from_slice(&[parsed.profile_idc, parsed.constraint_flags, parsed.level_idc]);
+        record.extend_from_slice(&[
+            parsed.profile_idc,
+            parsed.constraint_flags,
+            parsed.level_idc,
+        ]);
         record.push(0xfc | 3);
         record.push(0xe0 | 1);
         push_parameter_set(&mut record, "SPS", sps)?;
@@ -323,11 +360,23 @@ impl AvcDecoderConfig {
             check_nal_type(&nal, NAL_PPS, "PPS", offset)?;
             pps.push(nal);
         }
-        Ok(AvcDecoderConfig { profile_idc, profile_compat, level_idc, nal_length_size, sps, pps })
+        Ok(AvcDecoderConfig {
+            profile_idc,
+            profile_compat,
+            level_idc,
+            nal_length_size,
+            sps,
+            pps,
+        })
     }
 }
 
-fn check_nal_type(nal: &[u8], expected_type: u8, expected: &'static str, offset: usize) -> Result<(), MediaError> {
+fn check_nal_type(
+    nal: &[u8],
+    expected_type: u8,
+    expected: &'static str,
+    offset: usize,
+) -> Result<(), MediaError> {
     match nal_type(nal) {
         Some(t) if t == expected_type => Ok(()),
         Some(t) => Err(MediaError::RecordField {

@@ -85,7 +85,11 @@ impl HevcSps {
         match nal_type(nal) {
             Some(NAL_SPS) => {}
             Some(found) => {
-                return Err(MediaError::UnexpectedNalType { codec: Codec::H265, expected: "SPS", found });
+                return Err(MediaError::UnexpectedNalType {
+                    codec: Codec::H265,
+                    expected: "SPS",
+                    found,
+                });
             }
             None => {
                 return Err(MediaError::BitstreamEnd {
@@ -122,8 +126,10 @@ impl HevcSps {
         let mut sub_layer_profile_present = [false; 6];
         let mut sub_layer_level_present = [false; 6];
         let sub_layers = usize::from(sps_max_sub_layers_minus1);
-        for (profile, level) in
-            sub_layer_profile_present.iter_mut().zip(sub_layer_level_present.iter_mut()).take(sub_layers)
+        for (profile, level) in sub_layer_profile_present
+            .iter_mut()
+            .zip(sub_layer_level_present.iter_mut())
+            .take(sub_layers)
         {
             *profile = r.flag("sub_layer_profile_present_flag")?;
             *level = r.flag("sub_layer_level_present_flag")?;
@@ -131,7 +137,11 @@ impl HevcSps {
         if sub_layers > 0 {
             r.skip(2 * (8 - sub_layers), "reserved_zero_2bits")?;
         }
-        for (&profile, &level) in sub_layer_profile_present.iter().zip(&sub_layer_level_present).take(sub_layers) {
+        for (&profile, &level) in sub_layer_profile_present
+            .iter()
+            .zip(&sub_layer_level_present)
+            .take(sub_layers)
+        {
             if profile {
                 r.skip(88, "sub_layer_profile")?;
             }
@@ -142,7 +152,8 @@ impl HevcSps {
 
         r.ue_max("sps_seq_parameter_set_id", 15)?;
         let chroma_format_idc = r.ue_max("chroma_format_idc", 3)?;
-        let separate_colour_plane_flag = chroma_format_idc == 3 && r.flag("separate_colour_plane_flag")?;
+        let separate_colour_plane_flag =
+            chroma_format_idc == 3 && r.flag("separate_colour_plane_flag")?;
         let width_at = r.bit_offset();
         let coded_width = u64::from(r.ue("pic_width_in_luma_samples")?);
         let height_at = r.bit_offset();
@@ -165,7 +176,11 @@ impl HevcSps {
         let bit_depth_chroma_minus8 = r.ue_max("bit_depth_chroma_minus8", 8)?;
 
         // Table 6-1: window offsets count chroma samples.
-        let chroma_array_type = if separate_colour_plane_flag { 0 } else { chroma_format_idc };
+        let chroma_array_type = if separate_colour_plane_flag {
+            0
+        } else {
+            chroma_format_idc
+        };
         let (sub_width_c, sub_height_c) = match chroma_array_type {
             1 => (2, 2),
             2 => (2, 1),
@@ -212,10 +227,18 @@ impl HevcSps {
     }
 }
 
-fn expect_nal_type(nal: &[u8], expected_type: u8, expected: &'static str) -> Result<(), MediaError> {
+fn expect_nal_type(
+    nal: &[u8],
+    expected_type: u8,
+    expected: &'static str,
+) -> Result<(), MediaError> {
     match nal_type(nal) {
         Some(t) if t == expected_type => Ok(()),
-        Some(found) => Err(MediaError::UnexpectedNalType { codec: Codec::H265, expected, found }),
+        Some(found) => Err(MediaError::UnexpectedNalType {
+            codec: Codec::H265,
+            expected,
+            found,
+        }),
         None => Err(MediaError::EmptyNal { offset: 0 }),
     }
 }
@@ -234,16 +257,29 @@ pub fn hevc_decoder_config(vps: &[u8], sps: &[u8], pps: &[u8]) -> Result<Vec<u8>
         return Err(MediaError::InvalidField {
             what: SPS_WHAT,
             field: "bit_depth_luma_minus8 / bit_depth_chroma_minus8",
-            value: parsed.bit_depth_luma_minus8.max(parsed.bit_depth_chroma_minus8).into(),
+            value: parsed
+                .bit_depth_luma_minus8
+                .max(parsed.bit_depth_chroma_minus8)
+                .into(),
             bit_offset: 0,
             reason: "16-bit video does not fit the 3-bit field of the decoder configuration record",
         });
     }
     let mut record = Vec::with_capacity(23 + 3 * 5 + vps.len() + sps.len() + pps.len());
     record.push(1); // configurationVersion
-    record.push((parsed.general_profile_space << 6) | (u8::from(parsed.tier_flag) << 5) | parsed.profile_idc);
+    record.push(
+        (parsed.general_profile_space << 6)
+            | (u8::from(parsed.tier_flag) << 5)
+            | parsed.profile_idc,
+    );
     record.extend_from_slice(&parsed.profile_compatibility_flags.to_be_bytes());
-    record.extend_from_slice(parsed.constraint_indicator_flags.to_be_bytes().get(2..).unwrap_or_default());
+    record.extend_from_slice(
+        parsed
+            .constraint_indicator_flags
+            .to_be_bytes()
+            .get(2..)
+            .unwrap_or_default(),
+    );
     record.push(parsed.level_idc);
     record.extend_from_slice(&[0xf0, 0x00]); // reserved 1111, min_spatial_segmentation_idc 0
     record.push(0xfc); // reserved 111111, parallelismType 0
@@ -255,7 +291,11 @@ pub fn hevc_decoder_config(vps: &[u8], sps: &[u8], pps: &[u8]) -> Result<Vec<u8>
     let num_temporal_layers = parsed.sps_max_sub_layers_minus1 + 1;
     record.push((num_temporal_layers << 3) | (u8::from(parsed.temporal_id_nesting_flag) << 2) | 3);
     record.push(3); // numOfArrays
-    for (nal_type, kind, nal) in [(NAL_VPS, "VPS", vps), (NAL_SPS, "SPS", sps), (NAL_PPS, "PPS", pps)] {
+    for (nal_type, kind, nal) in [
+        (NAL_VPS, "VPS", vps),
+        (NAL_SPS, "SPS", sps),
+        (NAL_PPS, "PPS", pps),
+    ] {
         record.push(0x80 | nal_type); // array_completeness 1, reserved 0
         record.extend_from_slice(&1u16.to_be_bytes()); // numNalus
         push_parameter_set(&mut record, kind, nal)?;

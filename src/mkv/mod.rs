@@ -4,8 +4,14 @@
 pub mod ebml;
 pub mod header;
 pub mod interleave;
+mod muxer;
 pub mod tags;
 
+pub use muxer::{
+    DEFAULT_FRAGMENT_DURATION, DEFAULT_MAX_TRACK_WAIT, FragmentMuxer, MAX_BLOCK_OFFSET_MS,
+    MAX_FRAGMENT_DURATION, MuxError, MuxStats, MuxerConfig, TimecodeMode, TrackSpec,
+    random_segment_uid,
+};
 pub use tags::{Event, EventKind, FragmentTags, TagError};
 
 use bytes::Bytes;
