@@ -1,1 +1,155 @@
-fn main() {}
+//! The `kinesis-edge` binary: command-line parsing and exit codes. Everything else lives in the
+//! library; this is the only place that uses `anyhow`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Camera producer daemon: captures H.264/AAC through GStreamer, muxes Matroska fragments as
+/// Amazon Kinesis Video Streams ingests them, and uploads them from a durable buffer.
+#[derive(Debug, Parser)]
+#[command(name = "kinesis-edge", version, propagate_version = true)]
+struct Cli {
+    /// Log filter in `RUST_LOG` syntax, e.g. `info` or `kinesis_edge=debug,warn`.
+    #[arg(long, global = true, env = "KINESIS_EDGE_LOG", default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a configuration file (and its KINESIS_EDGE__* environment overrides).
+    ///
+    /// Prints every error with the key and line it concerns and exits with 78 (EX_CONFIG) when
+    /// the configuration is invalid, 0 when it is valid.
+    CheckConfig {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// List the V4L2 video devices: driver, card, formats, frame sizes and rates, whether the
+    /// camera emits H.264 itself, and its stable /dev/v4l/by-id path.
+    ///
+    /// Finding no camera is not an error.
+    Devices,
+    /// Record one camera into a Matroska file holding exactly the fragments the uploader sends.
+    ///
+    /// The file is what Kinesis Video Streams would receive for the same frames: the stream
+    /// header once, then per fragment its tags and one cluster opening on a key frame.
+    Record {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The camera's `name` in the configuration; the first camera when omitted.
+        #[arg(long)]
+        camera: Option<String>,
+        /// How many seconds of media to record.
+        #[arg(long, value_parser = parse_seconds)]
+        duration: std::time::Duration,
+        /// Where to write the Matroska file (overwritten if it exists).
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+}
+
+fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
+        return Err(format!("{text} s is outside 0 < seconds <= 86400"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::CheckConfig { config } => Ok(check_config(&config)),
+        Command::Devices => {
+            let devices = kinesis_edge::capture::list_devices()?;
+            if devices.is_empty() {
+                println!("no cameras found (no /dev/video* device)");
+            }
+            for device in devices {
+                println!("{device}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Record {
+            config,
+            camera,
+            duration,
+            output,
+        } => {
+            let config = match kinesis_edge::config::load(&config) {
+                Ok(config) => config,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let summary = runtime.block_on(kinesis_edge::service::record::record(
+                &config,
+                camera.as_deref(),
+                duration,
+                &output,
+            ))?;
+            println!(
+                "wrote {}: {} fragments, {} frames, {} bytes",
+                output.display(),
+                summary.fragments,
+                summary.frames,
+                summary.bytes
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// EX_CONFIG from sysexits.h: the configuration is wrong, restarting will not help.
+const EXIT_CONFIG: u8 = 78;
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match kinesis_edge::config::load(path) {
+        Ok(config) => {
+            println!(
+                "{}: valid ({} camera{})",
+                path.display(),
+                config.camera.len(),
+                if config.camera.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
