@@ -13,3 +13,4 @@ pub mod ack;
 pub mod backoff;
 pub mod control;
 pub mod errors;
+pub mod session;
