@@ -1162,6 +1162,8 @@ impl Session {
             (State::GetEndpoint { .. }, ControlResponse::Endpoint { data_endpoint }) => {
                 self.call_succeeded();
                 self.endpoint = Some((data_endpoint, now));
+                // Failures counted against the old endpoint say nothing about this one.
+                self.connect_failures = 0;
                 self.step(Step::Connect, now);
             }
             _ => self.report(SessionEvent::UnexpectedResponse { operation }),
@@ -1954,3 +1956,7 @@ const MIN_CONNECTION_LIFE: Duration = Duration::from_secs(60);
 
 /// TagStream tries before streaming goes on untagged.
 const MAX_TAG_ATTEMPTS: u32 = 3;
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;
