@@ -707,6 +707,8 @@ pub struct Session {
     link: Option<Link>,
     resume_hint: Option<u64>,
     connect_failures: u32,
+    last_connect: Option<Instant>,
+    last_get_endpoint: Option<Instant>,
 
     /// Consecutive retryable errors for one fragment: (timecode, count).
     fragment_retries: Option<(u64, u32)>,
@@ -766,6 +768,8 @@ impl Session {
             link: None,
             resume_hint: None,
             connect_failures: 0,
+            last_connect: None,
+            last_get_endpoint: None,
             fragment_retries: None,
             skew_retries: 0,
             operator_pauses: 0,
@@ -956,6 +960,10 @@ impl Session {
             }
             Step::Tag => self.call_tag(now),
             Step::GetEndpoint => {
+                if self.wait_for_quota(Step::GetEndpoint, self.last_get_endpoint, now) {
+                    return;
+                }
+                self.last_get_endpoint = Some(now);
                 self.actions
                     .push_back(Action::Call(ControlRequest::GetEndpoint(
                         GetDataEndpointRequest {
@@ -998,6 +1006,10 @@ impl Session {
             self.step(Step::GetEndpoint, now);
             return;
         };
+        if self.wait_for_quota(Step::Connect, self.last_connect, now) {
+            return;
+        }
+        self.last_connect = Some(now);
         if let Some(stale) = self.open_conn.take() {
             // Never two connections: close whatever the driver might still hold.
             self.actions.push_back(Action::Disconnect {
@@ -1020,6 +1032,22 @@ impl Session {
             conn,
             deadline: now + self.config.connect_timeout,
         });
+    }
+
+    /// PutMedia and GetDataEndpoint allow 5 calls per second per stream: space attempts at least
+    /// [`MIN_CALL_SPACING`] apart, whatever the backoff drew (a full-jitter delay can be 0).
+    /// Returns whether the step was deferred.
+    fn wait_for_quota(&mut self, step: Step, last: Option<Instant>, now: Instant) -> bool {
+        match last {
+            Some(last) if now < last + MIN_CALL_SPACING => {
+                self.set_state(State::Backoff {
+                    until: last + MIN_CALL_SPACING,
+                    then: step,
+                });
+                true
+            }
+            _ => false,
+        }
     }
 
     fn backoff_then(&mut self, step: Step, reason: String, now: Instant) {
@@ -1949,6 +1977,10 @@ impl Session {
         }
     }
 }
+
+/// Minimum spacing of PutMedia and of GetDataEndpoint calls: the service allows 5 per second
+/// per stream.
+const MIN_CALL_SPACING: Duration = Duration::from_millis(200);
 
 /// A connection whose rotation the credentials would pull closer than this is rotated by the
 /// interval rule instead.

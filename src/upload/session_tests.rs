@@ -61,20 +61,22 @@ impl Harness {
     }
 
     fn describe_ok(&mut self, status: &str, retention: u32) -> Vec<Action> {
-        self.handle(Event::ControlResponse(ControlResponse::Described(StreamInfo {
-            stream_name: "front-door".into(),
-            stream_arn: "arn:aws:kinesisvideo:us-west-2:1:stream/front-door/1".into(),
-            status: match status {
-                "ACTIVE" => StreamStatus::Active,
-                "CREATING" => StreamStatus::Creating,
-                "DELETING" => StreamStatus::Deleting,
-                other => StreamStatus::Other(other.into()),
+        self.handle(Event::ControlResponse(ControlResponse::Described(
+            StreamInfo {
+                stream_name: "front-door".into(),
+                stream_arn: "arn:aws:kinesisvideo:us-west-2:1:stream/front-door/1".into(),
+                status: match status {
+                    "ACTIVE" => StreamStatus::Active,
+                    "CREATING" => StreamStatus::Creating,
+                    "DELETING" => StreamStatus::Deleting,
+                    other => StreamStatus::Other(other.into()),
+                },
+                data_retention_in_hours: retention,
+                media_type: Some("video/h264".into()),
+                kms_key_id: None,
+                version: None,
             },
-            data_retention_in_hours: retention,
-            media_type: Some("video/h264".into()),
-            kms_key_id: None,
-            version: None,
-        })))
+        )))
     }
 
     fn endpoint_ok(&mut self) -> Vec<Action> {
@@ -116,7 +118,12 @@ impl Harness {
         })
     }
 
-    fn http_failure(status: u16, error_type: Option<&str>, body: &str, date: Option<&str>) -> Failure {
+    fn http_failure(
+        status: u16,
+        error_type: Option<&str>,
+        body: &str,
+        date: Option<&str>,
+    ) -> Failure {
         Failure::Http(HttpFailure {
             status,
             error_type_header: error_type.map(str::to_owned),
@@ -150,12 +157,17 @@ fn happy_path_describes_resolves_connects_and_acks_on_persisted() {
     let first = h.actions();
     assert_eq!(
         first,
-        vec![Action::Call(ControlRequest::Describe(DescribeStreamRequest {
-            stream_name: "front-door".into()
-        }))]
+        vec![Action::Call(ControlRequest::Describe(
+            DescribeStreamRequest {
+                stream_name: "front-door".into()
+            }
+        ))]
     );
     let after_describe = h.describe_ok("ACTIVE", 24);
-    assert!(is_call(&after_describe[0], Operation::GetDataEndpoint), "{after_describe:?}");
+    assert!(
+        is_call(&after_describe[0], Operation::GetDataEndpoint),
+        "{after_describe:?}"
+    );
     let after_endpoint = h.endpoint_ok();
     assert_eq!(
         after_endpoint,
@@ -182,7 +194,13 @@ fn happy_path_describes_resolves_connects_and_acks_on_persisted() {
     );
     // A duplicate PERSISTED is not a second ack.
     assert!(h.ack(conn, AckKind::Persisted, 1000).is_empty());
-    assert!(h.reported(|e| matches!(e, SessionEvent::UnexpectedAck { timecode_ms: Some(1000), .. })));
+    assert!(h.reported(|e| matches!(
+        e,
+        SessionEvent::UnexpectedAck {
+            timecode_ms: Some(1000),
+            ..
+        }
+    )));
 }
 
 #[test]
@@ -208,17 +226,27 @@ fn tags_are_set_once_and_their_failure_is_not_fatal() {
     let actions = h.describe_ok("ACTIVE", 24);
     match &actions[..] {
         [Action::Call(ControlRequest::Tag(request))] => {
-            assert_eq!(request.stream_arn, "arn:aws:kinesisvideo:us-west-2:1:stream/front-door/1");
-            assert_eq!(request.tags.get("site").map(String::as_str), Some("warehouse-7"));
+            assert_eq!(
+                request.stream_arn,
+                "arn:aws:kinesisvideo:us-west-2:1:stream/front-door/1"
+            );
+            assert_eq!(
+                request.tags.get("site").map(String::as_str),
+                Some("warehouse-7")
+            );
         }
         other => panic!("expected TagStream, got {other:?}"),
     }
-    let failure = Harness::http_failure(400, Some("TagsPerResourceExceededLimitException"), "", None);
+    let failure =
+        Harness::http_failure(400, Some("TagsPerResourceExceededLimitException"), "", None);
     let actions = h.handle(Event::ControlFailed {
         operation: Operation::TagStream,
         failure,
     });
-    assert!(is_call(&actions[0], Operation::GetDataEndpoint), "{actions:?}");
+    assert!(
+        is_call(&actions[0], Operation::GetDataEndpoint),
+        "{actions:?}"
+    );
     assert!(h.reported(|e| matches!(e, SessionEvent::TagStreamFailed { .. })));
     // A later describe (after an outage) does not tag again.
     h.endpoint_ok();
@@ -239,7 +267,10 @@ fn transient_tag_failures_are_retried_a_few_times() {
             operation: Operation::TagStream,
             failure,
         });
-        if actions.iter().any(|a| is_call(a, Operation::GetDataEndpoint)) {
+        if actions
+            .iter()
+            .any(|a| is_call(a, Operation::GetDataEndpoint))
+        {
             break;
         }
         assert_eq!(h.session.state(), StateKind::Backoff);
@@ -283,7 +314,10 @@ fn missing_stream_is_created_with_tags_then_polled_until_active() {
     assert!(is_call(&actions[0], Operation::DescribeStream));
     // ACTIVE: tags went with CreateStream, so straight to the endpoint.
     let actions = h.describe_ok("ACTIVE", 24);
-    assert!(is_call(&actions[0], Operation::GetDataEndpoint), "{actions:?}");
+    assert!(
+        is_call(&actions[0], Operation::GetDataEndpoint),
+        "{actions:?}"
+    );
 }
 
 #[test]
@@ -312,7 +346,10 @@ fn missing_stream_without_permission_to_create_pauses_then_checks_again() {
             _ => None,
         })
         .collect();
-    assert_eq!(pauses, vec![Duration::from_secs(60), Duration::from_secs(120)]);
+    assert_eq!(
+        pauses,
+        vec![Duration::from_secs(60), Duration::from_secs(120)]
+    );
 }
 
 #[test]
@@ -335,8 +372,20 @@ fn settings_mismatch_is_reported() {
     let mut h = Harness::new(config);
     h.actions();
     h.describe_ok("ACTIVE", 24);
-    assert!(h.reported(|e| matches!(e, SessionEvent::StreamSettingsMismatch { field: "DataRetentionInHours", .. })));
-    assert!(h.reported(|e| matches!(e, SessionEvent::StreamSettingsMismatch { field: "MediaType", .. })));
+    assert!(h.reported(|e| matches!(
+        e,
+        SessionEvent::StreamSettingsMismatch {
+            field: "DataRetentionInHours",
+            ..
+        }
+    )));
+    assert!(h.reported(|e| matches!(
+        e,
+        SessionEvent::StreamSettingsMismatch {
+            field: "MediaType",
+            ..
+        }
+    )));
 }
 
 #[test]
@@ -355,7 +404,10 @@ fn throttling_backs_off_with_growing_bounded_delays() {
         assert!(is_call(&actions[0], Operation::DescribeStream));
     }
     let ms: Vec<u128> = delays.iter().map(Duration::as_millis).collect();
-    assert_eq!(ms, vec![100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]);
+    assert_eq!(
+        ms,
+        vec![100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000, 10_000]
+    );
 }
 
 #[test]
@@ -403,12 +455,13 @@ fn refused_credentials_are_refreshed_and_persistent_refusal_pauses() {
     assert_eq!(actions, vec![Action::RefreshCredentials]);
     // While the refresh is pending, failures do not count.
     h.fire_timer();
-    assert!(h
-        .handle(Event::ControlFailed {
+    assert!(
+        h.handle(Event::ControlFailed {
             operation: Operation::DescribeStream,
             failure: refused(),
         })
-        .is_empty());
+        .is_empty()
+    );
     for _ in 0..2 {
         h.handle(Event::CredentialsUpdated { expires_at: None });
         h.fire_timer();
@@ -419,7 +472,9 @@ fn refused_credentials_are_refreshed_and_persistent_refusal_pauses() {
         assert_eq!(actions, vec![Action::RefreshCredentials]);
     }
     assert_eq!(h.session.state(), StateKind::Paused);
-    assert!(h.reported(|e| matches!(e, SessionEvent::OperatorAttention { reason, .. } if reason.contains("IAM"))));
+    assert!(h.reported(
+        |e| matches!(e, SessionEvent::OperatorAttention { reason, .. } if reason.contains("IAM"))
+    ));
 }
 
 #[test]
@@ -511,7 +566,13 @@ fn skip_class_error_ack_skips_and_reconnects_past_it() {
     );
     // The old connection's late events change nothing.
     assert!(h.ack(conn, AckKind::Persisted, 3000).is_empty());
-    assert!(h.handle(Event::ConnectionClosed { conn, failure: None }).is_empty());
+    assert!(
+        h.handle(Event::ConnectionClosed {
+            conn,
+            failure: None
+        })
+        .is_empty()
+    );
     assert_eq!(h.session.state(), StateKind::Connecting);
 }
 
@@ -560,13 +621,27 @@ fn a_fragment_that_keeps_failing_with_read_errors_is_skipped_eventually() {
             },
             1000,
         );
-        skipped = actions.iter().any(|a| matches!(a, Action::SkipFragment { timecode_ms: 1000, .. }));
+        skipped = actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::SkipFragment {
+                    timecode_ms: 1000,
+                    ..
+                }
+            )
+        });
         assert_eq!(skipped, attempt == 5, "attempt {attempt}");
         conn = connect_of(&h.fire_timer());
         h.handle(Event::Connected { conn });
     }
     assert!(skipped);
-    assert!(h.reported(|e| matches!(e, SessionEvent::FragmentRetriesExhausted { timecode_ms: 1000, .. })));
+    assert!(h.reported(|e| matches!(
+        e,
+        SessionEvent::FragmentRetriesExhausted {
+            timecode_ms: 1000,
+            ..
+        }
+    )));
 }
 
 #[test]
@@ -581,7 +656,11 @@ fn kms_error_pauses_and_keeps_the_fragment_stream_deleted_redescribes() {
         },
         1000,
     );
-    assert!(!actions.iter().any(|a| matches!(a, Action::SkipFragment { .. })));
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::SkipFragment { .. }))
+    );
     assert_eq!(h.session.state(), StateKind::Paused);
     assert!(is_call(&h.fire_timer()[0], Operation::DescribeStream));
 
@@ -607,7 +686,10 @@ fn no_buffering_ack_means_stale_connection() {
         conn,
         timecode_ms: 1000,
     });
-    assert_eq!(h.session.poll_timeout(), Some(h.now + Duration::from_secs(30)));
+    assert_eq!(
+        h.session.poll_timeout(),
+        Some(h.now + Duration::from_secs(30))
+    );
     h.advance(Duration::from_secs(29));
     assert!(h.handle(Event::Timeout).is_empty());
     let actions = h.fire_timer();
@@ -618,7 +700,13 @@ fn no_buffering_ack_means_stale_connection() {
             reason: DisconnectReason::Stale
         }]
     );
-    assert!(h.reported(|e| matches!(e, SessionEvent::ConnectionStale { timecode_ms: 1000, .. })));
+    assert!(h.reported(|e| matches!(
+        e,
+        SessionEvent::ConnectionStale {
+            timecode_ms: 1000,
+            ..
+        }
+    )));
 }
 
 #[test]
@@ -663,12 +751,13 @@ fn rotation_waits_for_the_fragment_boundary_and_final_acks() {
         }]
     );
     assert_eq!(h.session.state(), StateKind::Draining);
-    assert!(h
-        .handle(Event::FragmentClosed {
+    assert!(
+        h.handle(Event::FragmentClosed {
             conn,
             timecode_ms: 2000
         })
-        .is_empty());
+        .is_empty()
+    );
     let actions = h.ack(conn, AckKind::Persisted, 2000);
     // Endpoint resolved 41 min ago: past its 40 min life.
     assert_eq!(
@@ -716,7 +805,13 @@ fn drain_deadline_forces_disconnect_with_unacked_fragments() {
         }]
     );
     assert!(h.session.is_stopped());
-    assert!(h.reported(|e| matches!(e, SessionEvent::DrainTimedOut { unacknowledged: 1, .. })));
+    assert!(h.reported(|e| matches!(
+        e,
+        SessionEvent::DrainTimedOut {
+            unacknowledged: 1,
+            ..
+        }
+    )));
     assert_eq!(h.session.poll_timeout(), None);
 }
 
@@ -751,7 +846,10 @@ fn idle_close_waits_for_data() {
     let conn = h.streaming(24);
     h.send_fragment(conn, 10);
     h.ack(conn, AckKind::Persisted, 10);
-    let actions = h.handle(Event::ConnectionClosed { conn, failure: None });
+    let actions = h.handle(Event::ConnectionClosed {
+        conn,
+        failure: None,
+    });
     assert!(actions.is_empty());
     assert_eq!(h.session.state(), StateKind::Idle);
     assert_eq!(h.session.open_connection(), None);
@@ -764,7 +862,10 @@ fn close_with_unacked_fragments_is_a_failure() {
     let mut h = Harness::default();
     let conn = h.streaming(24);
     h.send_fragment(conn, 10);
-    h.handle(Event::ConnectionClosed { conn, failure: None });
+    h.handle(Event::ConnectionClosed {
+        conn,
+        failure: None,
+    });
     assert_eq!(h.session.state(), StateKind::Backoff);
     let actions = h.fire_timer();
     assert!(matches!(
@@ -822,7 +923,10 @@ fn credentials_are_refreshed_ahead_of_expiry_and_connections_rotate_before_it() 
 fn expiring_credentials_from_the_source_trigger_one_refresh() {
     let mut h = Harness::default();
     h.actions();
-    assert_eq!(h.handle(Event::CredentialsExpiring), vec![Action::RefreshCredentials]);
+    assert_eq!(
+        h.handle(Event::CredentialsExpiring),
+        vec![Action::RefreshCredentials]
+    );
     assert!(h.handle(Event::CredentialsExpiring).is_empty());
     h.handle(Event::CredentialsRefreshFailed {
         detail: "IoT endpoint unreachable".into(),
@@ -877,14 +981,18 @@ fn expired_token_body_on_the_ack_stream_refreshes_and_reconnects() {
 fn garbled_ack_stream_reconnects_after_several_errors() {
     let mut h = Harness::default();
     let conn = h.streaming(24);
-    let error = AckError::Garbled { offset: 0, byte: b'x' };
+    let error = AckError::Garbled {
+        offset: 0,
+        byte: b'x',
+    };
     for _ in 0..4 {
-        assert!(h
-            .handle(Event::AckParseError {
+        assert!(
+            h.handle(Event::AckParseError {
                 conn,
                 error: error.clone()
             })
-            .is_empty());
+            .is_empty()
+        );
     }
     let actions = h.handle(Event::AckParseError { conn, error });
     assert_eq!(
@@ -900,10 +1008,19 @@ fn garbled_ack_stream_reconnects_after_several_errors() {
 fn control_and_connect_timeouts_count_as_failures() {
     let mut h = Harness::default();
     h.actions();
-    assert_eq!(h.session.poll_timeout(), Some(h.now + Duration::from_secs(20)));
+    assert_eq!(
+        h.session.poll_timeout(),
+        Some(h.now + Duration::from_secs(20))
+    );
     h.fire_timer();
     assert_eq!(h.session.state(), StateKind::Backoff);
-    assert!(h.reported(|e| matches!(e, SessionEvent::CallFailed { operation: Operation::DescribeStream, .. })));
+    assert!(h.reported(|e| matches!(
+        e,
+        SessionEvent::CallFailed {
+            operation: Operation::DescribeStream,
+            ..
+        }
+    )));
     assert!(is_call(&h.fire_timer()[0], Operation::DescribeStream));
     h.describe_ok("ACTIVE", 24);
     let conn = connect_of(&h.endpoint_ok());
@@ -947,12 +1064,18 @@ fn config_validation_names_the_field() {
     let config = SessionConfig::new("bad name");
     assert!(matches!(
         Session::new(config, Box::new(|| 0u64), Instant::now()),
-        Err(SessionConfigError::Control(ControlError::InvalidField { field: "StreamName", .. }))
+        Err(SessionConfigError::Control(ControlError::InvalidField {
+            field: "StreamName",
+            ..
+        }))
     ));
     let mut config = SessionConfig::new("ok");
     config.backoff.cap = Duration::from_millis(10);
     assert!(matches!(
         Session::new(config, Box::new(|| 0u64), Instant::now()),
-        Err(SessionConfigError::Invalid { field: "backoff.cap", .. })
+        Err(SessionConfigError::Invalid {
+            field: "backoff.cap",
+            ..
+        })
     ));
 }
