@@ -253,7 +253,7 @@ impl Sim {
         self.schedule_at(self.now + after, event);
     }
 
-    fn to_session(&mut self, after: Duration, event: Event) {
+    fn deliver_later(&mut self, after: Duration, event: Event) {
         self.schedule(after, SimEvent::ToSession(event));
     }
 
@@ -378,18 +378,17 @@ impl Sim {
                             c.opened_at = Some(self.now);
                         }
                     }
-                    Event::ConnectFailed { conn, .. } | Event::ConnectionClosed { conn, .. } => {
-                        if self.conn.as_ref().is_some_and(|c| c.id == *conn) {
-                            self.conn = None;
-                        }
+                    Event::ConnectFailed { conn, .. } | Event::ConnectionClosed { conn, .. }
+                        if self.conn.as_ref().is_some_and(|c| c.id == *conn) =>
+                    {
+                        self.conn = None;
                     }
-                    Event::Ack { conn, .. } => {
-                        // A black-holed connection delivers nothing.
+                    // A black-holed connection delivers nothing.
+                    Event::Ack { conn, .. }
                         if any(&self.script.blackhole, self.now)
-                            && self.conn.as_ref().is_some_and(|c| c.id == *conn)
-                        {
-                            return;
-                        }
+                            && self.conn.as_ref().is_some_and(|c| c.id == *conn) =>
+                    {
+                        return;
                     }
                     _ => {}
                 }
@@ -493,7 +492,7 @@ impl Sim {
         {
             self.stats.service_4003 += 1;
         }
-        self.to_session(
+        self.deliver_later(
             Duration::from_millis(20),
             Event::Ack {
                 conn,
@@ -517,14 +516,14 @@ impl Sim {
             injection.fragment = Some(k);
             injection.times -= 1;
             let code = injection.code;
-            self.to_session(
+            self.deliver_later(
                 Duration::from_millis(40),
                 Event::Ack {
                     conn,
                     ack: ack(AckKind::Error { code }, tc),
                 },
             );
-            self.to_session(
+            self.deliver_later(
                 Duration::from_millis(60),
                 Event::ConnectionClosed {
                     conn,
@@ -533,14 +532,14 @@ impl Sim {
             );
             return;
         }
-        self.to_session(
+        self.deliver_later(
             Duration::from_millis(30),
             Event::Ack {
                 conn,
                 ack: ack(AckKind::Received, tc),
             },
         );
-        self.to_session(
+        self.deliver_later(
             Duration::from_millis(500),
             Event::Ack {
                 conn,
@@ -639,7 +638,7 @@ impl Sim {
                 );
                 if any(&self.script.control_down, now) {
                     self.stats.refresh_failures += 1;
-                    self.to_session(
+                    self.deliver_later(
                         secs(1),
                         Event::CredentialsRefreshFailed {
                             detail: "credential endpoint unreachable".into(),
@@ -700,7 +699,7 @@ impl Sim {
             } else {
                 Duration::from_millis(50)
             };
-            self.to_session(delay, Event::ConnectFailed { conn, failure });
+            self.deliver_later(delay, Event::ConnectFailed { conn, failure });
             return;
         }
         let failure = if any(&self.script.throttle, now) {
@@ -723,11 +722,11 @@ impl Sim {
             None
         };
         match failure {
-            Some(failure) => self.to_session(
+            Some(failure) => self.deliver_later(
                 Duration::from_millis(50),
                 Event::ConnectFailed { conn, failure },
             ),
-            None => self.to_session(Duration::from_millis(100), Event::Connected { conn }),
+            None => self.deliver_later(Duration::from_millis(100), Event::Connected { conn }),
         }
     }
 
@@ -743,7 +742,7 @@ impl Sim {
                 kind: TransportKind::Dns,
                 detail: "name resolution failed".into(),
             };
-            self.to_session(secs(1), Event::ControlFailed { operation, failure });
+            self.deliver_later(secs(1), Event::ControlFailed { operation, failure });
             return;
         }
         let failure = if any(&self.script.throttle, now) {
@@ -757,7 +756,7 @@ impl Sim {
             self.auth_failure()
         };
         if let Some(failure) = failure {
-            self.to_session(
+            self.deliver_later(
                 Duration::from_millis(50),
                 Event::ControlFailed { operation, failure },
             );
@@ -783,7 +782,7 @@ impl Sim {
                 }
             }
         };
-        self.to_session(Duration::from_millis(50), Event::ControlResponse(response));
+        self.deliver_later(Duration::from_millis(50), Event::ControlResponse(response));
     }
 }
 
