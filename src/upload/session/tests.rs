@@ -16,9 +16,13 @@ struct Harness {
 
 impl Harness {
     fn new(config: SessionConfig) -> Self {
-        let now = Instant::now();
         // Maximal jitter: every delay is exactly its ceiling, which makes waits predictable.
-        let session = Session::new(config, Box::new(|| u64::MAX), now).expect("valid config");
+        Self::with_jitter(config, || u64::MAX)
+    }
+
+    fn with_jitter(config: SessionConfig, jitter: impl FnMut() -> u64 + Send + 'static) -> Self {
+        let now = Instant::now();
+        let session = Session::new(config, Box::new(jitter), now).expect("valid config");
         Self {
             session,
             now,
@@ -93,6 +97,8 @@ impl Harness {
         let conn = connect_of(&actions);
         self.handle(Event::Connected { conn });
         assert_eq!(self.session.state(), StateKind::Streaming);
+        // Time passes while streaming (and keeps later reconnects clear of the 200 ms spacing).
+        self.advance(Duration::from_secs(1));
         conn
     }
 
@@ -483,6 +489,7 @@ fn invalid_endpoint_and_repeated_connect_failures_re_resolve() {
     h.actions();
     h.describe_ok("ACTIVE", 24);
     let conn = connect_of(&h.endpoint_ok());
+    h.advance(Duration::from_secs(1));
     let actions = h.handle(Event::ConnectFailed {
         conn,
         failure: Harness::http_failure(400, Some("InvalidEndpointException"), "", None),
@@ -490,6 +497,7 @@ fn invalid_endpoint_and_repeated_connect_failures_re_resolve() {
     assert!(actions.is_empty());
     assert!(is_call(&h.fire_timer()[0], Operation::GetDataEndpoint));
     let conn = connect_of(&h.endpoint_ok());
+    h.advance(Duration::from_secs(1));
     // One refused connect keeps the endpoint …
     h.handle(Event::ConnectFailed {
         conn,
@@ -499,6 +507,7 @@ fn invalid_endpoint_and_repeated_connect_failures_re_resolve() {
         },
     });
     let conn = connect_of(&h.fire_timer());
+    h.advance(Duration::from_secs(1));
     // … the second in a row drops it.
     h.handle(Event::ConnectFailed {
         conn,
@@ -517,6 +526,7 @@ fn connection_limit_backs_off_and_reconnects() {
     h.actions();
     h.describe_ok("ACTIVE", 24);
     let conn = connect_of(&h.endpoint_ok());
+    h.advance(Duration::from_secs(1));
     h.handle(Event::ConnectFailed {
         conn,
         failure: Harness::http_failure(400, Some("ConnectionLimitExceededException"), "", None),
@@ -633,6 +643,7 @@ fn a_fragment_that_keeps_failing_with_read_errors_is_skipped_eventually() {
         assert_eq!(skipped, attempt == 5, "attempt {attempt}");
         conn = connect_of(&h.fire_timer());
         h.handle(Event::Connected { conn });
+        h.advance(Duration::from_secs(1));
     }
     assert!(skipped);
     assert!(h.reported(|e| matches!(
@@ -730,7 +741,7 @@ fn buffered_but_never_persisted_is_stale_too() {
 fn rotation_waits_for_the_fragment_boundary_and_final_acks() {
     let mut h = Harness::default();
     let conn = h.streaming(24);
-    let opened = h.now;
+    let opened = h.now - Duration::from_secs(1);
     h.send_fragment(conn, 0);
     h.ack(conn, AckKind::Buffering, 0);
     h.ack(conn, AckKind::Persisted, 0);
@@ -1078,4 +1089,27 @@ fn config_validation_names_the_field() {
             ..
         })
     ));
+}
+
+#[test]
+fn putmedia_attempts_are_spaced_for_the_5_tps_quota() {
+    // The backoff draws 0 every time.
+    let mut h = Harness::with_jitter(SessionConfig::new("front-door"), || 0u64);
+    h.actions();
+    h.describe_ok("ACTIVE", 24);
+    let first_at = h.now;
+    let conn = connect_of(&h.endpoint_ok());
+    h.handle(Event::ConnectFailed {
+        conn,
+        failure: Failure::Transport {
+            kind: TransportKind::Connect,
+            detail: "refused".into(),
+        },
+    });
+    // The zero backoff ends at once, but the retry waits for the 200 ms spacing.
+    assert!(h.handle(Event::Timeout).is_empty());
+    assert_eq!(h.session.state(), StateKind::Backoff);
+    let actions = h.fire_timer();
+    assert_eq!(h.now - first_at, Duration::from_millis(200));
+    assert_eq!(connect_of(&actions), ConnectionId(2));
 }
