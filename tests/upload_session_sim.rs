@@ -845,6 +845,12 @@ fn six_hour_script() -> Script {
                 fragment: None,
             },
             Injection {
+                after: mins(255),
+                code: AckErrorCode::StreamDeleted,
+                times: 1,
+                fragment: None,
+            },
+            Injection {
                 after: mins(260),
                 code: AckErrorCode::KmsKeyAccessDenied,
                 times: 1,

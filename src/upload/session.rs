@@ -147,8 +147,42 @@ impl SessionConfig {
                 reason: reason.to_owned(),
             })
         };
-        if self.backoff.base.is_zero() {
-            return invalid("backoff.base", self.backoff.base, "must be > 0");
+        let positive = [
+            ("backoff.base", self.backoff.base),
+            ("backoff.cap", self.backoff.cap),
+            ("rotation_interval", self.rotation_interval),
+            ("endpoint_ttl", self.endpoint_ttl),
+            ("staleness_timeout", self.staleness_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("control_timeout", self.control_timeout),
+            ("fragment_boundary_timeout", self.fragment_boundary_timeout),
+            ("drain_ack_timeout", self.drain_ack_timeout),
+            (
+                "credential_refresh_timeout",
+                self.credential_refresh_timeout,
+            ),
+            ("operator_pause", self.operator_pause),
+        ];
+        let may_be_zero = [
+            ("backoff.quiet_reset", self.backoff.quiet_reset),
+            ("rotation_jitter", self.rotation_jitter),
+            ("credential_refresh_lead", self.credential_refresh_lead),
+            (
+                "credential_rotation_margin",
+                self.credential_rotation_margin,
+            ),
+            ("operator_pause_max", self.operator_pause_max),
+        ];
+        // Bounded first, so that no sum below can overflow.
+        for (field, value) in positive.iter().chain(may_be_zero.iter()) {
+            if *value > MAX_SETTING {
+                return invalid(field, *value, "must be at most 7 days");
+            }
+        }
+        for (field, value) in positive {
+            if value.is_zero() {
+                return invalid(field, value, "must be > 0");
+            }
         }
         if self.backoff.cap < self.backoff.base {
             return invalid("backoff.cap", self.backoff.cap, "must be ≥ backoff.base");
@@ -164,24 +198,6 @@ impl SessionConfig {
                 "with rotation_jitter, fragment_boundary_timeout and drain_ack_timeout it must \
                  stay under the service's 45 min connection limit",
             );
-        }
-        for (field, value) in [
-            ("rotation_interval", self.rotation_interval),
-            ("endpoint_ttl", self.endpoint_ttl),
-            ("staleness_timeout", self.staleness_timeout),
-            ("connect_timeout", self.connect_timeout),
-            ("control_timeout", self.control_timeout),
-            ("fragment_boundary_timeout", self.fragment_boundary_timeout),
-            ("drain_ack_timeout", self.drain_ack_timeout),
-            (
-                "credential_refresh_timeout",
-                self.credential_refresh_timeout,
-            ),
-            ("operator_pause", self.operator_pause),
-        ] {
-            if value.is_zero() {
-                return invalid(field, value, "must be > 0");
-            }
         }
         if self.operator_pause_max < self.operator_pause {
             return invalid(
@@ -1219,7 +1235,7 @@ impl Session {
             && code.may_be_caused_by_fragment()
         {
             let count = match self.fragment_retries {
-                Some((retry_tc, n)) if retry_tc == tc => n + 1,
+                Some((retry_tc, n)) if retry_tc == tc => n.saturating_add(1),
                 _ => 1,
             };
             self.fragment_retries = Some((tc, count));
@@ -1604,6 +1620,9 @@ impl Session {
         }
     }
 }
+
+/// The longest duration any setting may have (keeps every `Instant` sum far from overflow).
+const MAX_SETTING: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Minimum spacing of PutMedia and of GetDataEndpoint calls: the service allows 5 per second
 /// per stream.

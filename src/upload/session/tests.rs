@@ -1081,6 +1081,24 @@ fn config_validation_names_the_field() {
         }))
     ));
     let mut config = SessionConfig::new("ok");
+    config.operator_pause_max = Duration::MAX;
+    assert!(matches!(
+        Session::new(config, Box::new(|| 0u64), Instant::now()),
+        Err(SessionConfigError::Invalid {
+            field: "operator_pause_max",
+            ..
+        })
+    ));
+    let mut config = SessionConfig::new("ok");
+    config.rotation_jitter = Duration::MAX;
+    assert!(matches!(
+        Session::new(config, Box::new(|| 0u64), Instant::now()),
+        Err(SessionConfigError::Invalid {
+            field: "rotation_jitter",
+            ..
+        })
+    ));
+    let mut config = SessionConfig::new("ok");
     config.backoff.cap = Duration::from_millis(10);
     assert!(matches!(
         Session::new(config, Box::new(|| 0u64), Instant::now()),
