@@ -613,6 +613,11 @@ impl Sim {
                 }
             }
             Action::Disconnect { conn, reason } => {
+                assert_ne!(
+                    reason,
+                    DisconnectReason::Superseded,
+                    "the session lost track of {conn}"
+                );
                 let Some(c) = self.conn.take_if(|c| c.id == conn) else {
                     return;
                 };
