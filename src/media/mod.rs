@@ -283,3 +283,11 @@ impl VideoParameters {
         Ok(VideoParameters { codec_private: Bytes::copy_from_slice(codec_data), width, height })
     }
 }
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// Decodes a hex string from the test vectors.
+    pub(crate) fn hex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+}
