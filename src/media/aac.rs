@@ -190,7 +190,10 @@ mod tests {
 
     #[test]
     fn table_rates_round_trip() {
-        for &rate in SAMPLE_RATES.iter().filter(|&&r| (8000..=48000).contains(&r)) {
+        for &rate in SAMPLE_RATES
+            .iter()
+            .filter(|&&r| (8000..=48000).contains(&r))
+        {
             for channels in 1..=2 {
                 let config = AudioSpecificConfig::aac_lc(rate, channels).unwrap();
                 let bytes = config.to_bytes();
@@ -216,64 +219,138 @@ mod tests {
         ];
         for (bytes, rate, channels) in cases {
             let config = AudioSpecificConfig::parse(bytes).unwrap();
-            assert_eq!(config, AudioSpecificConfig { object_type: 2, sample_rate: rate, channels }, "{bytes:02x?}");
+            assert_eq!(
+                config,
+                AudioSpecificConfig {
+                    object_type: 2,
+                    sample_rate: rate,
+                    channels
+                },
+                "{bytes:02x?}"
+            );
             assert_eq!(config.to_bytes()[..], bytes[..2]);
         }
     }
 
     #[test]
     fn explicit_frequency_and_escape_object_type() {
-        let config = AudioSpecificConfig { object_type: 2, sample_rate: 50000, channels: 2 };
+        let config = AudioSpecificConfig {
+            object_type: 2,
+            sample_rate: 50000,
+            channels: 2,
+        };
         let bytes = config.to_bytes();
         // 00010 1111 000000001100001101010000 0010 000
         assert_eq!(bytes[..], [0x17, 0x80, 0x61, 0xa8, 0x10]);
         assert_eq!(AudioSpecificConfig::parse(&bytes).unwrap(), config);
 
         // Object type 42 (USAC) through the escape: 11111 001010 0011 0010 000 + padding.
-        let usac = AudioSpecificConfig { object_type: 42, sample_rate: 48000, channels: 2 };
+        let usac = AudioSpecificConfig {
+            object_type: 42,
+            sample_rate: 48000,
+            channels: 2,
+        };
         let bytes = usac.to_bytes();
         assert_eq!(bytes[..], [0xf9, 0x46, 0x40]);
         assert_eq!(AudioSpecificConfig::parse(&bytes).unwrap(), usac);
         // Escape and explicit 50 kHz together need 6 bytes: valid, but outside what this crate writes.
         assert_eq!(
             AudioSpecificConfig::parse(&[0xf9, 0x5e, 0x01, 0x86, 0xa0, 0x40]),
-            Err(MediaError::UnencodableAudioConfig { object_type: 42, sample_rate: 50000 })
+            Err(MediaError::UnencodableAudioConfig {
+                object_type: 42,
+                sample_rate: 50000
+            })
         );
     }
 
     #[test]
     fn bad_inputs_error() {
-        assert!(matches!(AudioSpecificConfig::parse(&[]), Err(MediaError::BitstreamEnd { .. })));
-        assert!(matches!(AudioSpecificConfig::parse(&[0x11]), Err(MediaError::BitstreamEnd { .. })));
+        assert!(matches!(
+            AudioSpecificConfig::parse(&[]),
+            Err(MediaError::BitstreamEnd { .. })
+        ));
+        assert!(matches!(
+            AudioSpecificConfig::parse(&[0x11]),
+            Err(MediaError::BitstreamEnd { .. })
+        ));
         assert!(matches!(
             AudioSpecificConfig::parse(&[0x00, 0x10]),
-            Err(MediaError::InvalidField { field: "audioObjectType", .. })
+            Err(MediaError::InvalidField {
+                field: "audioObjectType",
+                ..
+            })
         ));
         assert!(matches!(
             AudioSpecificConfig::parse(&[0x16, 0x90]),
-            Err(MediaError::InvalidField { field: "samplingFrequencyIndex", value: 13, bit_offset: 5, .. })
+            Err(MediaError::InvalidField {
+                field: "samplingFrequencyIndex",
+                value: 13,
+                bit_offset: 5,
+                ..
+            })
         ));
         assert!(matches!(
             AudioSpecificConfig::parse(&[0x11, 0x80]),
-            Err(MediaError::InvalidField { field: "channelConfiguration", value: 0, bit_offset: 9, .. })
+            Err(MediaError::InvalidField {
+                field: "channelConfiguration",
+                value: 0,
+                bit_offset: 9,
+                ..
+            })
         ));
         assert!(matches!(
             AudioSpecificConfig::parse(&[0x11, 0xc0]),
-            Err(MediaError::InvalidField { field: "channelConfiguration", value: 8, .. })
+            Err(MediaError::InvalidField {
+                field: "channelConfiguration",
+                value: 8,
+                ..
+            })
         ));
         assert!(matches!(
             AudioSpecificConfig::parse(&[0x17, 0x80, 0x00, 0x00, 0x10]),
-            Err(MediaError::InvalidField { field: "samplingFrequency", value: 0, .. })
+            Err(MediaError::InvalidField {
+                field: "samplingFrequency",
+                value: 0,
+                ..
+            })
         ));
-        assert_eq!(AudioSpecificConfig::aac_lc(50000, 2), Err(MediaError::UnsupportedSampleRate { rate: 50000 }));
-        assert_eq!(AudioSpecificConfig::aac_lc(48000, 0), Err(MediaError::InvalidChannels { channels: 0 }));
-        assert_eq!(AudioSpecificConfig::aac_lc(48000, 8), Err(MediaError::InvalidChannels { channels: 8 }));
-        assert_eq!(AudioSpecificConfig::aac_lc(48000, 7).unwrap().channel_count(), 8);
-        let hand_built = AudioSpecificConfig { object_type: 40, sample_rate: 50000, channels: 2 };
-        assert!(matches!(hand_built.try_to_bytes(), Err(MediaError::UnencodableAudioConfig { .. })));
+        assert_eq!(
+            AudioSpecificConfig::aac_lc(50000, 2),
+            Err(MediaError::UnsupportedSampleRate { rate: 50000 })
+        );
+        assert_eq!(
+            AudioSpecificConfig::aac_lc(48000, 0),
+            Err(MediaError::InvalidChannels { channels: 0 })
+        );
+        assert_eq!(
+            AudioSpecificConfig::aac_lc(48000, 8),
+            Err(MediaError::InvalidChannels { channels: 8 })
+        );
+        assert_eq!(
+            AudioSpecificConfig::aac_lc(48000, 7)
+                .unwrap()
+                .channel_count(),
+            8
+        );
+        let hand_built = AudioSpecificConfig {
+            object_type: 40,
+            sample_rate: 50000,
+            channels: 2,
+        };
+        assert!(matches!(
+            hand_built.try_to_bytes(),
+            Err(MediaError::UnencodableAudioConfig { .. })
+        ));
         assert!(hand_built.to_bytes().is_empty());
-        let zero_rate = AudioSpecificConfig { object_type: 2, sample_rate: 0, channels: 2 };
-        assert_eq!(zero_rate.try_to_bytes(), Err(MediaError::UnsupportedSampleRate { rate: 0 }));
+        let zero_rate = AudioSpecificConfig {
+            object_type: 2,
+            sample_rate: 0,
+            channels: 2,
+        };
+        assert_eq!(
+            zero_rate.try_to_bytes(),
+            Err(MediaError::UnsupportedSampleRate { rate: 0 })
+        );
     }
 
     proptest::proptest! {

@@ -267,7 +267,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn nals(data: &[u8]) -> Result<Vec<Vec<u8>>, MediaError> {
-        nal_ranges(data).map(|r| r.map(|r| data[r].to_vec())).collect()
+        nal_ranges(data)
+            .map(|r| r.map(|r| data[r].to_vec()))
+            .collect()
     }
 
     fn first_error(data: &[u8]) -> MediaError {
@@ -276,16 +278,26 @@ mod tests {
 
     #[test]
     fn splits_on_three_and_four_byte_start_codes() {
-        let data = [0, 0, 0, 1, 0x67, 0x42, 0, 0, 1, 0x68, 0xce, 0, 0, 0, 1, 0x65, 0x88, 0x84];
-        assert_eq!(nals(&data).unwrap(), vec![vec![0x67, 0x42], vec![0x68, 0xce], vec![0x65, 0x88, 0x84]]);
+        let data = [
+            0, 0, 0, 1, 0x67, 0x42, 0, 0, 1, 0x68, 0xce, 0, 0, 0, 1, 0x65, 0x88, 0x84,
+        ];
+        assert_eq!(
+            nals(&data).unwrap(),
+            vec![vec![0x67, 0x42], vec![0x68, 0xce], vec![0x65, 0x88, 0x84]]
+        );
         let ranges: Vec<_> = nal_ranges(&data).map(Result::unwrap).collect();
         assert_eq!(ranges, vec![4..6, 9..11, 15..18]);
     }
 
     #[test]
     fn keeps_emulation_prevention_bytes_and_trims_trailing_zeros() {
-        let data = [0, 0, 1, 0x06, 0, 0, 3, 1, 0x80, 0, 0, 0, 1, 0x65, 0, 0, 3, 0, 0x11, 0, 0, 0, 0, 0];
-        assert_eq!(nals(&data).unwrap(), vec![vec![0x06, 0, 0, 3, 1, 0x80], vec![0x65, 0, 0, 3, 0, 0x11]]);
+        let data = [
+            0, 0, 1, 0x06, 0, 0, 3, 1, 0x80, 0, 0, 0, 1, 0x65, 0, 0, 3, 0, 0x11, 0, 0, 0, 0, 0,
+        ];
+        assert_eq!(
+            nals(&data).unwrap(),
+            vec![vec![0x06, 0, 0, 3, 1, 0x80], vec![0x65, 0, 0, 3, 0, 0x11]]
+        );
     }
 
     #[test]
@@ -299,38 +311,81 @@ mod tests {
 
     #[test]
     fn rejects_data_without_leading_start_code() {
-        for data in [&[0x67, 0, 0, 1, 0x68][..], &[0, 1, 0x67], &[0, 0, 2, 0x67], &[0, 0, 0], &[0]] {
-            assert_eq!(first_error(data), MediaError::MissingStartCode { offset: 0 }, "{data:02x?}");
+        for data in [
+            &[0x67, 0, 0, 1, 0x68][..],
+            &[0, 1, 0x67],
+            &[0, 0, 2, 0x67],
+            &[0, 0, 0],
+            &[0],
+        ] {
+            assert_eq!(
+                first_error(data),
+                MediaError::MissingStartCode { offset: 0 },
+                "{data:02x?}"
+            );
         }
     }
 
     #[test]
     fn rejects_more_than_three_zeros_before_01() {
-        assert_eq!(first_error(&[0, 0, 0, 0, 1, 0x67]), MediaError::TooManyZeros { offset: 0, zeros: 4 });
+        assert_eq!(
+            first_error(&[0, 0, 0, 0, 1, 0x67]),
+            MediaError::TooManyZeros {
+                offset: 0,
+                zeros: 4
+            }
+        );
         let inside = [0, 0, 1, 0x67, 0x42, 0, 0, 0, 0, 1, 0x68];
-        assert_eq!(first_error(&inside), MediaError::TooManyZeros { offset: 5, zeros: 4 });
+        assert_eq!(
+            first_error(&inside),
+            MediaError::TooManyZeros {
+                offset: 5,
+                zeros: 4
+            }
+        );
         // The bad start code would end the NAL before it, so the error takes that NAL's place and
         // the iterator stops.
         let items: Vec<_> = nal_ranges(&inside).collect();
-        assert_eq!(items, vec![Err(MediaError::TooManyZeros { offset: 5, zeros: 4 })]);
+        assert_eq!(
+            items,
+            vec![Err(MediaError::TooManyZeros {
+                offset: 5,
+                zeros: 4
+            })]
+        );
     }
 
     #[test]
     fn rejects_empty_nal_units() {
-        assert_eq!(first_error(&[0, 0, 1, 0, 0, 1, 0x67]), MediaError::EmptyNal { offset: 3 });
-        assert_eq!(first_error(&[0, 0, 1, 0, 0, 0, 1, 0x67]), MediaError::EmptyNal { offset: 3 });
-        assert_eq!(first_error(&[0, 0, 1, 0x67, 0, 0, 1]), MediaError::EmptyNal { offset: 7 });
-        assert_eq!(first_error(&[0, 0, 0, 1]), MediaError::EmptyNal { offset: 4 });
-        assert_eq!(first_error(&[0, 0, 1, 0, 0]), MediaError::EmptyNal { offset: 3 });
+        assert_eq!(
+            first_error(&[0, 0, 1, 0, 0, 1, 0x67]),
+            MediaError::EmptyNal { offset: 3 }
+        );
+        assert_eq!(
+            first_error(&[0, 0, 1, 0, 0, 0, 1, 0x67]),
+            MediaError::EmptyNal { offset: 3 }
+        );
+        assert_eq!(
+            first_error(&[0, 0, 1, 0x67, 0, 0, 1]),
+            MediaError::EmptyNal { offset: 7 }
+        );
+        assert_eq!(
+            first_error(&[0, 0, 0, 1]),
+            MediaError::EmptyNal { offset: 4 }
+        );
+        assert_eq!(
+            first_error(&[0, 0, 1, 0, 0]),
+            MediaError::EmptyNal { offset: 3 }
+        );
     }
 
     #[test]
     fn nal_may_begin_with_zero_byte() {
         // H.265 TRAIL_N header is 00 01: not a start code once the real one is consumed.
-        assert_eq!(nals(&[0, 0, 0, 1, 0, 1, 0xaf, 0, 0, 1, 0x02, 0x01]).unwrap(), vec![
-            vec![0, 1, 0xaf],
-            vec![0x02, 0x01]
-        ]);
+        assert_eq!(
+            nals(&[0, 0, 0, 1, 0, 1, 0xaf, 0, 0, 1, 0x02, 0x01]).unwrap(),
+            vec![vec![0, 1, 0xaf], vec![0x02, 0x01]]
+        );
     }
 
     #[test]
@@ -341,11 +396,18 @@ mod tests {
         let cut = &data[..data.len() - 1];
         assert_eq!(
             length_prefixed_ranges(cut).find_map(Result::err),
-            Some(MediaError::TruncatedNal { offset: 6, declared: 1, available: 0 })
+            Some(MediaError::TruncatedNal {
+                offset: 6,
+                declared: 1,
+                available: 0
+            })
         );
         assert_eq!(
             length_prefixed_ranges(&data[..8]).find_map(Result::err),
-            Some(MediaError::TruncatedLengthPrefix { offset: 6, available: 2 })
+            Some(MediaError::TruncatedLengthPrefix {
+                offset: 6,
+                available: 2
+            })
         );
         assert_eq!(
             length_prefixed_ranges(&[0, 0, 0, 0, 0x67]).next(),
@@ -353,7 +415,11 @@ mod tests {
         );
         assert_eq!(
             length_prefixed_ranges(&[0xff, 0xff, 0xff, 0xff, 0x67]).next(),
-            Some(Err(MediaError::TruncatedNal { offset: 0, declared: u32::MAX as usize, available: 1 }))
+            Some(Err(MediaError::TruncatedNal {
+                offset: 0,
+                declared: u32::MAX as usize,
+                available: 1
+            }))
         );
     }
 
@@ -413,8 +479,11 @@ mod tests {
 
     fn nal_body() -> impl Strategy<Value = Vec<u8>> {
         // Zero-heavy contents so that 00 00 0x sequences are common.
-        prop::collection::vec(prop_oneof![3 => Just(0u8), 1 => Just(1u8), 1 => Just(3u8), 5 => any::<u8>()], 1..64)
-            .prop_map(|body| emulation_prevent(&body))
+        prop::collection::vec(
+            prop_oneof![3 => Just(0u8), 1 => Just(1u8), 1 => Just(3u8), 5 => any::<u8>()],
+            1..64,
+        )
+        .prop_map(|body| emulation_prevent(&body))
     }
 
     proptest! {

@@ -402,7 +402,12 @@ mod tests {
 
     fn parameter_sets(annexb: &[u8]) -> [Vec<u8>; 3] {
         let nals: Vec<&[u8]> = nal_ranges(annexb).map(|r| &annexb[r.unwrap()]).collect();
-        let find = |t| nals.iter().find(|n| nal_type(n) == Some(t)).unwrap().to_vec();
+        let find = |t| {
+            nals.iter()
+                .find(|n| nal_type(n) == Some(t))
+                .unwrap()
+                .to_vec()
+        };
         [find(NAL_VPS), find(NAL_SPS), find(NAL_PPS)]
     }
 
@@ -442,22 +447,56 @@ mod tests {
         for case in H265_CASES {
             let [_, sps, _] = parameter_sets(&hex(case.parameter_sets));
             let parsed = HevcSps::parse(&sps).unwrap_or_else(|e| panic!("{}: {e}", case.name));
-            assert_eq!((parsed.width, parsed.height), (case.width, case.height), "{}", case.name);
+            assert_eq!(
+                (parsed.width, parsed.height),
+                (case.width, case.height),
+                "{}",
+                case.name
+            );
         }
         let by_name = |name: &str| {
             let case = H265_CASES.iter().find(|c| c.name == name).unwrap();
             HevcSps::parse(&parameter_sets(&hex(case.parameter_sets))[1]).unwrap()
         };
         let main = by_name("I420-1920x1080");
-        assert_eq!((main.general_profile_space, main.tier_flag, main.profile_idc, main.level_idc), (0, false, 1, 120));
+        assert_eq!(
+            (
+                main.general_profile_space,
+                main.tier_flag,
+                main.profile_idc,
+                main.level_idc
+            ),
+            (0, false, 1, 120)
+        );
         assert_eq!(main.profile_compatibility_flags, 0x6000_0000);
         assert_eq!(main.constraint_indicator_flags, 0x9000_0000_0000);
         assert_eq!((main.chroma_format_idc, main.bit_depth_luma_minus8), (1, 0));
-        assert_eq!((main.sps_max_sub_layers_minus1, main.temporal_id_nesting_flag), (0, true));
+        assert_eq!(
+            (
+                main.sps_max_sub_layers_minus1,
+                main.temporal_id_nesting_flag
+            ),
+            (0, true)
+        );
         let yuv444 = by_name("Y444-33x17");
-        assert_eq!((yuv444.profile_idc, yuv444.chroma_format_idc, yuv444.width, yuv444.height), (4, 3, 33, 17));
+        assert_eq!(
+            (
+                yuv444.profile_idc,
+                yuv444.chroma_format_idc,
+                yuv444.width,
+                yuv444.height
+            ),
+            (4, 3, 33, 17)
+        );
         let main10 = by_name("I420_10LE-320x240");
-        assert_eq!((main10.profile_idc, main10.bit_depth_luma_minus8, main10.bit_depth_chroma_minus8), (2, 2, 2));
+        assert_eq!(
+            (
+                main10.profile_idc,
+                main10.bit_depth_luma_minus8,
+                main10.bit_depth_chroma_minus8
+            ),
+            (2, 2, 2)
+        );
     }
 
     /// Our hvcC equals h265parse's `codec_data` except that we set array_completeness (GStreamer
@@ -478,16 +517,39 @@ mod tests {
             assert_eq!(record[..23], ffmpeg[..23], "{}", case.name);
             let parsed = HevcDecoderConfig::parse(&record).unwrap();
             let ffmpeg_parsed = HevcDecoderConfig::parse(&ffmpeg).unwrap();
-            assert_eq!((&ffmpeg_parsed.vps, &ffmpeg_parsed.sps), (&parsed.vps, &parsed.sps), "{}", case.name);
-            assert_eq!(ffmpeg_parsed.pps[0][..], [&pps[..], &[0]].concat()[..], "{}", case.name);
-            assert_eq!((parsed.vps.len(), parsed.sps.len(), parsed.pps.len()), (1, 1, 1));
-            assert_eq!((&parsed.vps[0][..], &parsed.sps[0][..], &parsed.pps[0][..]), (&vps[..], &sps[..], &pps[..]));
+            assert_eq!(
+                (&ffmpeg_parsed.vps, &ffmpeg_parsed.sps),
+                (&parsed.vps, &parsed.sps),
+                "{}",
+                case.name
+            );
+            assert_eq!(
+                ffmpeg_parsed.pps[0][..],
+                [&pps[..], &[0]].concat()[..],
+                "{}",
+                case.name
+            );
+            assert_eq!(
+                (parsed.vps.len(), parsed.sps.len(), parsed.pps.len()),
+                (1, 1, 1)
+            );
+            assert_eq!(
+                (&parsed.vps[0][..], &parsed.sps[0][..], &parsed.pps[0][..]),
+                (&vps[..], &sps[..], &pps[..])
+            );
             assert_eq!(parsed.nal_length_size, 4);
 
             let from_caps = VideoParameters::from_codec_data(Codec::H265, &record).unwrap();
-            assert_eq!((from_caps.width, from_caps.height), (case.width, case.height));
-            let from_frame =
-                VideoParameters::from_key_frame(Codec::H265, NalFormat::AnnexB, &hex(case.parameter_sets)).unwrap();
+            assert_eq!(
+                (from_caps.width, from_caps.height),
+                (case.width, case.height)
+            );
+            let from_frame = VideoParameters::from_key_frame(
+                Codec::H265,
+                NalFormat::AnnexB,
+                &hex(case.parameter_sets),
+            )
+            .unwrap();
             assert_eq!(from_frame, from_caps, "{}", case.name);
         }
     }
@@ -497,31 +559,59 @@ mod tests {
         let [vps, sps, pps] = parameter_sets(&hex(H265_CASES[0].parameter_sets));
         assert!(matches!(
             hevc_decoder_config(&sps, &sps, &pps),
-            Err(MediaError::UnexpectedNalType { expected: "VPS", found: 33, .. })
+            Err(MediaError::UnexpectedNalType {
+                expected: "VPS",
+                found: 33,
+                ..
+            })
         ));
         assert!(matches!(
             hevc_decoder_config(&vps, &pps, &pps),
-            Err(MediaError::UnexpectedNalType { expected: "SPS", found: 34, .. })
+            Err(MediaError::UnexpectedNalType {
+                expected: "SPS",
+                found: 34,
+                ..
+            })
         ));
-        assert!(matches!(hevc_decoder_config(&vps, &sps, &vps), Err(MediaError::UnexpectedNalType { .. })));
+        assert!(matches!(
+            hevc_decoder_config(&vps, &sps, &vps),
+            Err(MediaError::UnexpectedNalType { .. })
+        ));
         // Parsing stops after the bit depths: every cut before them fails for lack of data, every
         // cut after them gives the full result.
         let full = HevcSps::parse(&sps).unwrap();
-        let needed = (0..sps.len()).find(|&cut| HevcSps::parse(&sps[..cut]).is_ok()).unwrap();
-        assert!(needed > 17, "profile_tier_level alone ends at byte 15; parsed from {needed} bytes");
+        let needed = (0..sps.len())
+            .find(|&cut| HevcSps::parse(&sps[..cut]).is_ok())
+            .unwrap();
+        assert!(
+            needed > 17,
+            "profile_tier_level alone ends at byte 15; parsed from {needed} bytes"
+        );
         for cut in 0..needed {
-            assert!(matches!(HevcSps::parse(&sps[..cut]), Err(MediaError::BitstreamEnd { what: "H.265 SPS", .. })));
+            assert!(matches!(
+                HevcSps::parse(&sps[..cut]),
+                Err(MediaError::BitstreamEnd {
+                    what: "H.265 SPS",
+                    ..
+                })
+            ));
         }
         for cut in needed..sps.len() {
             assert_eq!(HevcSps::parse(&sps[..cut]).unwrap(), full);
         }
         let record = hevc_decoder_config(&vps, &sps, &pps).unwrap();
         for cut in 0..record.len() {
-            assert!(HevcDecoderConfig::parse(&record[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                HevcDecoderConfig::parse(&record[..cut]).is_err(),
+                "cut at {cut}"
+            );
         }
         let mut mismatched = record.clone();
         mismatched[23] = 0x80 | NAL_SPS; // VPS array now claims SPS
-        assert!(matches!(HevcDecoderConfig::parse(&mismatched), Err(MediaError::RecordField { offset: 28, .. })));
+        assert!(matches!(
+            HevcDecoderConfig::parse(&mismatched),
+            Err(MediaError::RecordField { offset: 28, .. })
+        ));
         let mut no_vps = record.clone();
         no_vps[23] = 0x80 | NAL_PREFIX_SEI;
         no_vps[28] = NAL_PREFIX_SEI << 1;

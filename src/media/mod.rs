@@ -345,7 +345,10 @@ impl VideoParameters {
 pub(crate) mod test_support {
     /// Decodes a hex string from the test vectors.
     pub(crate) fn hex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 }
 
@@ -354,8 +357,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const H264_KEY_FRAME: &[u8] = include_bytes!("../../tests/fixtures/media/h264-baseline-896x504-key.h264");
-    const H265_KEY_FRAME: &[u8] = include_bytes!("../../tests/fixtures/media/h265-main-320x240-key.h265");
+    const H264_KEY_FRAME: &[u8] =
+        include_bytes!("../../tests/fixtures/media/h264-baseline-896x504-key.h264");
+    const H265_KEY_FRAME: &[u8] =
+        include_bytes!("../../tests/fixtures/media/h265-main-320x240-key.h265");
 
     fn sps_range(codec: Codec, frame: &[u8]) -> std::ops::Range<usize> {
         annexb::nal_ranges(frame)
@@ -383,45 +388,80 @@ mod tests {
     fn h264_key_frame_from_x264() {
         assert_eq!(
             nal_types(Codec::H264, H264_KEY_FRAME),
-            [h264::NAL_AUD, h264::NAL_SPS, h264::NAL_PPS, h264::NAL_SEI, h264::NAL_IDR]
+            [
+                h264::NAL_AUD,
+                h264::NAL_SPS,
+                h264::NAL_PPS,
+                h264::NAL_SEI,
+                h264::NAL_IDR
+            ]
         );
-        let params = VideoParameters::from_key_frame(Codec::H264, NalFormat::AnnexB, H264_KEY_FRAME).unwrap();
+        let params =
+            VideoParameters::from_key_frame(Codec::H264, NalFormat::AnnexB, H264_KEY_FRAME)
+                .unwrap();
         assert_eq!((params.width, params.height), (896, 504));
         let record = h264::AvcDecoderConfig::parse(&params.codec_private).unwrap();
-        assert_eq!(record.sps[0][..], H264_KEY_FRAME[sps_range(Codec::H264, H264_KEY_FRAME)]);
+        assert_eq!(
+            record.sps[0][..],
+            H264_KEY_FRAME[sps_range(Codec::H264, H264_KEY_FRAME)]
+        );
         assert_eq!(record.nal_length_size, 4);
 
         let mut length_prefixed = Vec::new();
         annexb::annexb_to_length_prefixed(H264_KEY_FRAME, &mut length_prefixed).unwrap();
         assert_eq!(
-            VideoParameters::from_key_frame(Codec::H264, NalFormat::LengthPrefixed, &length_prefixed).unwrap(),
+            VideoParameters::from_key_frame(
+                Codec::H264,
+                NalFormat::LengthPrefixed,
+                &length_prefixed
+            )
+            .unwrap(),
             params
         );
-        assert_eq!(VideoParameters::from_codec_data(Codec::H264, &params.codec_private).unwrap(), params);
+        assert_eq!(
+            VideoParameters::from_codec_data(Codec::H264, &params.codec_private).unwrap(),
+            params
+        );
     }
 
     #[test]
     fn h265_key_frame_from_x265() {
-        assert_eq!(nal_types(Codec::H265, H265_KEY_FRAME), [
-            h265::NAL_VPS,
-            h265::NAL_SPS,
-            h265::NAL_PPS,
-            h265::NAL_PREFIX_SEI,
-            h265::NAL_IDR_N_LP
-        ]);
-        let params = VideoParameters::from_key_frame(Codec::H265, NalFormat::AnnexB, H265_KEY_FRAME).unwrap();
+        assert_eq!(
+            nal_types(Codec::H265, H265_KEY_FRAME),
+            [
+                h265::NAL_VPS,
+                h265::NAL_SPS,
+                h265::NAL_PPS,
+                h265::NAL_PREFIX_SEI,
+                h265::NAL_IDR_N_LP
+            ]
+        );
+        let params =
+            VideoParameters::from_key_frame(Codec::H265, NalFormat::AnnexB, H265_KEY_FRAME)
+                .unwrap();
         assert_eq!((params.width, params.height), (320, 240));
-        assert_eq!(VideoParameters::from_codec_data(Codec::H265, &params.codec_private).unwrap(), params);
+        assert_eq!(
+            VideoParameters::from_codec_data(Codec::H265, &params.codec_private).unwrap(),
+            params
+        );
     }
 
     #[test]
     fn key_frame_without_parameter_sets_errors() {
         // The IDR slice alone (what an encoder sends when it repeats no headers).
-        let idr_start = annexb::nal_ranges(H264_KEY_FRAME).map(Result::unwrap).last().unwrap().start;
+        let idr_start = annexb::nal_ranges(H264_KEY_FRAME)
+            .map(Result::unwrap)
+            .last()
+            .unwrap()
+            .start;
         let slice_only = &H264_KEY_FRAME[idr_start - 4..];
         assert_eq!(
             VideoParameters::from_key_frame(Codec::H264, NalFormat::AnnexB, slice_only),
-            Err(MediaError::MissingParameterSet { codec: Codec::H264, kind: "SPS", source_name: "key frame" })
+            Err(MediaError::MissingParameterSet {
+                codec: Codec::H264,
+                kind: "SPS",
+                source_name: "key frame"
+            })
         );
         // SPS present, PPS missing.
         let mut no_pps = Vec::new();
@@ -443,9 +483,17 @@ mod tests {
             Err(MediaError::MissingParameterSet { kind: "SPS", .. })
         ));
         // H.265 frame without its VPS.
-        let vps_end = annexb::nal_ranges(H265_KEY_FRAME).next().unwrap().unwrap().end;
+        let vps_end = annexb::nal_ranges(H265_KEY_FRAME)
+            .next()
+            .unwrap()
+            .unwrap()
+            .end;
         assert!(matches!(
-            VideoParameters::from_key_frame(Codec::H265, NalFormat::AnnexB, &H265_KEY_FRAME[vps_end..]),
+            VideoParameters::from_key_frame(
+                Codec::H265,
+                NalFormat::AnnexB,
+                &H265_KEY_FRAME[vps_end..]
+            ),
             Err(MediaError::MissingParameterSet { kind: "VPS", .. })
         ));
         // Framing errors surface as such; Annex-B data read as length-prefixed fails cleanly.
@@ -462,16 +510,26 @@ mod tests {
             Err(MediaError::NotVideo { codec: Codec::Aac })
         );
         // An H.264 record offered as H.265.
-        let avcc = VideoParameters::from_key_frame(Codec::H264, NalFormat::AnnexB, H264_KEY_FRAME).unwrap();
+        let avcc = VideoParameters::from_key_frame(Codec::H264, NalFormat::AnnexB, H264_KEY_FRAME)
+            .unwrap();
         assert!(VideoParameters::from_codec_data(Codec::H265, &avcc.codec_private).is_err());
     }
 
     #[test]
     fn error_messages_name_the_problem_and_where() {
-        let message = annexb::nal_ranges(&[0, 0, 1, 0x67, 0, 0, 0, 0, 1]).find_map(Result::err).unwrap().to_string();
-        assert_eq!(message, "4 zero bytes before the start code at byte offset 4; at most 3 are allowed");
+        let message = annexb::nal_ranges(&[0, 0, 1, 0x67, 0, 0, 0, 0, 1])
+            .find_map(Result::err)
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            message,
+            "4 zero bytes before the start code at byte offset 4; at most 3 are allowed"
+        );
         let message = h264::Sps::parse(&[0x67, 0x64]).unwrap_err().to_string();
-        assert_eq!(message, "H.264 SPS: data ends at bit 16 while reading constraint_set_flags");
+        assert_eq!(
+            message,
+            "H.264 SPS: data ends at bit 16 while reading constraint_set_flags"
+        );
     }
 
     proptest! {
