@@ -125,7 +125,7 @@ fn video_frame(aus: &[Bytes], i: u64) -> Frame {
         pts_ns: pts,
         dts_ns: pts,
         duration_ns: 33_333_333,
-        key: i % GOP == 0,
+        key: i.is_multiple_of(GOP),
         data: aus[(i % GOP) as usize].clone(),
     }
 }

@@ -136,7 +136,7 @@ fn frames(format: NalFormat, video_frames: u64) -> Vec<Frame> {
     let mut audio_index = 0;
     for i in 0..video_frames {
         let pts = T0 + i * 100 * MS / 3;
-        let data = if i % 60 == 0 {
+        let data = if i.is_multiple_of(60) {
             key.clone()
         } else {
             deltas[(i % 4) as usize].clone()
@@ -146,7 +146,7 @@ fn frames(format: NalFormat, video_frames: u64) -> Vec<Frame> {
             pts_ns: pts,
             dts_ns: pts,
             duration_ns: 0,
-            key: i % 60 == 0,
+            key: i.is_multiple_of(60),
             data,
         });
         loop {

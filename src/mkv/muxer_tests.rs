@@ -21,7 +21,7 @@ fn annexb(nals: &[&[u8]]) -> Bytes {
     let mut v = Vec::new();
     for (i, nal) in nals.iter().enumerate() {
         // Mix 4- and 3-byte start codes.
-        v.extend_from_slice(if i % 2 == 0 {
+        v.extend_from_slice(if i.is_multiple_of(2) {
             &[0, 0, 0, 1]
         } else {
             &[0, 0, 1]
@@ -830,7 +830,7 @@ fn zero_duration_splits_on_every_key_frame_and_timestamps_are_tolerated() {
     let mut mux = FragmentMuxer::new(cfg, FragmentTags::new()).unwrap();
     let mut sink = RecordingSink::default();
     for i in 0..6 {
-        mux.push(video(i * 500, i * 500, i % 2 == 0), &mut sink)
+        mux.push(video(i * 500, i * 500, i.is_multiple_of(2)), &mut sink)
             .unwrap();
     }
     assert_eq!(mux.stats().fragments, 3);
@@ -843,7 +843,7 @@ fn zero_duration_splits_on_every_key_frame_and_timestamps_are_tolerated() {
         let f = Frame {
             pts_ns: pts,
             dts_ns: pts,
-            ..video(0, 0, i % 60 == 0)
+            ..video(0, 0, i.is_multiple_of(60))
         };
         mux.push(f, &mut sink).unwrap();
     }
@@ -941,7 +941,7 @@ fn audio_gap_and_late_audio() {
     // 6 s of video, audio missing from 1.95 s to 4.05 s.
     let mut frames = Vec::new();
     for i in 0..180u64 {
-        frames.push(video(i * 100 / 3, i * 100 / 3, i % 30 == 0));
+        frames.push(video(i * 100 / 3, i * 100 / 3, i.is_multiple_of(30)));
         for j in 0..2u64 {
             let t = i * 100 / 3 + j * 16;
             if !(1950..4050).contains(&t) {
@@ -1046,7 +1046,7 @@ fn a_stopped_audio_track_delays_video_by_max_track_wait_only() {
     }
     // Audio stops; 5 s more video.
     for i in 30..180u64 {
-        mux.push(video(i * 33, i * 33, i % 30 == 0), &mut sink)
+        mux.push(video(i * 33, i * 33, i.is_multiple_of(30)), &mut sink)
             .unwrap();
         assert!(mux.queued_frames() <= 16, "queued {}", mux.queued_frames());
     }
@@ -1248,7 +1248,7 @@ fn tags_go_before_each_cluster() {
             })
             .unwrap();
         }
-        mux.push(video(i * 33, i * 33, i % 30 == 0), &mut sink)
+        mux.push(video(i * 33, i * 33, i.is_multiple_of(30)), &mut sink)
             .unwrap();
     }
     mux.finish(&mut sink).unwrap();
@@ -1348,8 +1348,11 @@ fn relative_timecodes_start_at_zero() {
     let mut sink = RecordingSink::default();
     assert_eq!(mux.stream_origin_ns(), None);
     for i in 0..90u64 {
-        mux.push(video(500 + i * 33, 500 + i * 33, i % 30 == 0), &mut sink)
-            .unwrap();
+        mux.push(
+            video(500 + i * 33, 500 + i * 33, i.is_multiple_of(30)),
+            &mut sink,
+        )
+        .unwrap();
     }
     mux.finish(&mut sink).unwrap();
     assert_eq!(mux.stream_origin_ns(), Some(T0 + 500 * MS));
