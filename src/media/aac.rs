@@ -11,8 +11,9 @@ use super::MediaError;
 use super::bits::BitReader;
 
 /// The MPEG-4 sampling frequency table, indexed by samplingFrequencyIndex.
-pub const SAMPLE_RATES: [u32; 13] =
-    [96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350];
+pub const SAMPLE_RATES: [u32; 13] = [
+    96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
+];
 
 /// Audio object type of AAC Low Complexity.
 pub const OBJECT_TYPE_AAC_LC: u8 = 2;
@@ -36,7 +37,10 @@ pub struct AudioSpecificConfig {
 }
 
 fn table_index(rate: u32) -> Option<u8> {
-    SAMPLE_RATES.iter().position(|&r| r == rate).and_then(|i| u8::try_from(i).ok())
+    SAMPLE_RATES
+        .iter()
+        .position(|&r| r == rate)
+        .and_then(|i| u8::try_from(i).ok())
 }
 
 impl AudioSpecificConfig {
@@ -59,9 +63,14 @@ impl AudioSpecificConfig {
         let sample_rate = if index == EXPLICIT_FREQUENCY_INDEX {
             r.u32(24, "samplingFrequency")?
         } else {
-            *SAMPLE_RATES
-                .get(usize::from(index))
-                .ok_or_else(|| r.invalid("samplingFrequencyIndex", index.into(), index_at, "13 and 14 are reserved"))?
+            *SAMPLE_RATES.get(usize::from(index)).ok_or_else(|| {
+                r.invalid(
+                    "samplingFrequencyIndex",
+                    index.into(),
+                    index_at,
+                    "13 and 14 are reserved",
+                )
+            })?
         };
         if sample_rate == 0 {
             return Err(r.invalid("samplingFrequency", 0, rate_at, "must not be 0"));
@@ -77,9 +86,16 @@ impl AudioSpecificConfig {
             ));
         }
         if escaped && index == EXPLICIT_FREQUENCY_INDEX {
-            return Err(MediaError::UnencodableAudioConfig { object_type, sample_rate });
+            return Err(MediaError::UnencodableAudioConfig {
+                object_type,
+                sample_rate,
+            });
         }
-        Ok(AudioSpecificConfig { object_type, sample_rate, channels })
+        Ok(AudioSpecificConfig {
+            object_type,
+            sample_rate,
+            channels,
+        })
     }
 
     /// AAC-LC at a table sample rate with channel configuration 1..=7.
@@ -90,7 +106,11 @@ impl AudioSpecificConfig {
         if !(1..=7).contains(&channels) {
             return Err(MediaError::InvalidChannels { channels });
         }
-        Ok(AudioSpecificConfig { object_type: OBJECT_TYPE_AAC_LC, sample_rate, channels })
+        Ok(AudioSpecificConfig {
+            object_type: OBJECT_TYPE_AAC_LC,
+            sample_rate,
+            channels,
+        })
     }
 
     /// Number of audio channels (channelConfiguration 7 is 7.1, i.e. 8 channels).
@@ -103,17 +123,23 @@ impl AudioSpecificConfig {
     /// extension). Fails for configs outside the module invariant (only reachable by building
     /// the struct by hand with out-of-range fields).
     pub fn try_to_bytes(&self) -> Result<heapless::Vec<u8, 5>, MediaError> {
-        let unencodable =
-            || MediaError::UnencodableAudioConfig { object_type: self.object_type, sample_rate: self.sample_rate };
+        let unencodable = || MediaError::UnencodableAudioConfig {
+            object_type: self.object_type,
+            sample_rate: self.sample_rate,
+        };
         if !(1..=7).contains(&self.channels) {
-            return Err(MediaError::InvalidChannels { channels: self.channels });
+            return Err(MediaError::InvalidChannels {
+                channels: self.channels,
+            });
         }
         if self.object_type == 0 || self.object_type > MAX_OBJECT_TYPE {
             return Err(unencodable());
         }
         let index = table_index(self.sample_rate);
         if index.is_none() && (self.sample_rate == 0 || self.sample_rate > MAX_EXPLICIT_RATE) {
-            return Err(MediaError::UnsupportedSampleRate { rate: self.sample_rate });
+            return Err(MediaError::UnsupportedSampleRate {
+                rate: self.sample_rate,
+            });
         }
         if index.is_none() && self.object_type >= ESCAPE_OBJECT_TYPE {
             return Err(unencodable());
@@ -144,7 +170,8 @@ impl AudioSpecificConfig {
         let padded = bits << (byte_len * 8 - len);
         let mut out = heapless::Vec::new();
         for i in (0..byte_len).rev() {
-            out.push((padded >> (i * 8)) as u8).map_err(|_| unencodable())?;
+            out.push((padded >> (i * 8)) as u8)
+                .map_err(|_| unencodable())?;
         }
         Ok(out)
     }
@@ -163,7 +190,10 @@ mod tests {
 
     #[test]
     fn table_rates_round_trip() {
-        for &rate in SAMPLE_RATES.iter().filter(|&&r| (8000..=48000).contains(&r)) {
+        for &rate in SAMPLE_RATES
+            .iter()
+            .filter(|&&r| (8000..=48000).contains(&r))
+        {
             for channels in 1..=2 {
                 let config = AudioSpecificConfig::aac_lc(rate, channels).unwrap();
                 let bytes = config.to_bytes();
@@ -189,64 +219,138 @@ mod tests {
         ];
         for (bytes, rate, channels) in cases {
             let config = AudioSpecificConfig::parse(bytes).unwrap();
-            assert_eq!(config, AudioSpecificConfig { object_type: 2, sample_rate: rate, channels }, "{bytes:02x?}");
+            assert_eq!(
+                config,
+                AudioSpecificConfig {
+                    object_type: 2,
+                    sample_rate: rate,
+                    channels
+                },
+                "{bytes:02x?}"
+            );
             assert_eq!(config.to_bytes()[..], bytes[..2]);
         }
     }
 
     #[test]
     fn explicit_frequency_and_escape_object_type() {
-        let config = AudioSpecificConfig { object_type: 2, sample_rate: 50000, channels: 2 };
+        let config = AudioSpecificConfig {
+            object_type: 2,
+            sample_rate: 50000,
+            channels: 2,
+        };
         let bytes = config.to_bytes();
         // 00010 1111 000000001100001101010000 0010 000
         assert_eq!(bytes[..], [0x17, 0x80, 0x61, 0xa8, 0x10]);
         assert_eq!(AudioSpecificConfig::parse(&bytes).unwrap(), config);
 
         // Object type 42 (USAC) through the escape: 11111 001010 0011 0010 000 + padding.
-        let usac = AudioSpecificConfig { object_type: 42, sample_rate: 48000, channels: 2 };
+        let usac = AudioSpecificConfig {
+            object_type: 42,
+            sample_rate: 48000,
+            channels: 2,
+        };
         let bytes = usac.to_bytes();
         assert_eq!(bytes[..], [0xf9, 0x46, 0x40]);
         assert_eq!(AudioSpecificConfig::parse(&bytes).unwrap(), usac);
         // Escape and explicit 50 kHz together need 6 bytes: valid, but outside what this crate writes.
         assert_eq!(
             AudioSpecificConfig::parse(&[0xf9, 0x5e, 0x01, 0x86, 0xa0, 0x40]),
-            Err(MediaError::UnencodableAudioConfig { object_type: 42, sample_rate: 50000 })
+            Err(MediaError::UnencodableAudioConfig {
+                object_type: 42,
+                sample_rate: 50000
+            })
         );
     }
 
     #[test]
     fn bad_inputs_error() {
-        assert!(matches!(AudioSpecificConfig::parse(&[]), Err(MediaError::BitstreamEnd { .. })));
-        assert!(matches!(AudioSpecificConfig::parse(&[0x11]), Err(MediaError::BitstreamEnd { .. })));
+        assert!(matches!(
+            AudioSpecificConfig::parse(&[]),
+            Err(MediaError::BitstreamEnd { .. })
+        ));
+        assert!(matches!(
+            AudioSpecificConfig::parse(&[0x11]),
+            Err(MediaError::BitstreamEnd { .. })
+        ));
         assert!(matches!(
             AudioSpecificConfig::parse(&[0x00, 0x10]),
-            Err(MediaError::InvalidField { field: "audioObjectType", .. })
+            Err(MediaError::InvalidField {
+                field: "audioObjectType",
+                ..
+            })
         ));
         assert!(matches!(
             AudioSpecificConfig::parse(&[0x16, 0x90]),
-            Err(MediaError::InvalidField { field: "samplingFrequencyIndex", value: 13, bit_offset: 5, .. })
+            Err(MediaError::InvalidField {
+                field: "samplingFrequencyIndex",
+                value: 13,
+                bit_offset: 5,
+                ..
+            })
         ));
         assert!(matches!(
             AudioSpecificConfig::parse(&[0x11, 0x80]),
-            Err(MediaError::InvalidField { field: "channelConfiguration", value: 0, bit_offset: 9, .. })
+            Err(MediaError::InvalidField {
+                field: "channelConfiguration",
+                value: 0,
+                bit_offset: 9,
+                ..
+            })
         ));
         assert!(matches!(
             AudioSpecificConfig::parse(&[0x11, 0xc0]),
-            Err(MediaError::InvalidField { field: "channelConfiguration", value: 8, .. })
+            Err(MediaError::InvalidField {
+                field: "channelConfiguration",
+                value: 8,
+                ..
+            })
         ));
         assert!(matches!(
             AudioSpecificConfig::parse(&[0x17, 0x80, 0x00, 0x00, 0x10]),
-            Err(MediaError::InvalidField { field: "samplingFrequency", value: 0, .. })
+            Err(MediaError::InvalidField {
+                field: "samplingFrequency",
+                value: 0,
+                ..
+            })
         ));
-        assert_eq!(AudioSpecificConfig::aac_lc(50000, 2), Err(MediaError::UnsupportedSampleRate { rate: 50000 }));
-        assert_eq!(AudioSpecificConfig::aac_lc(48000, 0), Err(MediaError::InvalidChannels { channels: 0 }));
-        assert_eq!(AudioSpecificConfig::aac_lc(48000, 8), Err(MediaError::InvalidChannels { channels: 8 }));
-        assert_eq!(AudioSpecificConfig::aac_lc(48000, 7).unwrap().channel_count(), 8);
-        let hand_built = AudioSpecificConfig { object_type: 40, sample_rate: 50000, channels: 2 };
-        assert!(matches!(hand_built.try_to_bytes(), Err(MediaError::UnencodableAudioConfig { .. })));
+        assert_eq!(
+            AudioSpecificConfig::aac_lc(50000, 2),
+            Err(MediaError::UnsupportedSampleRate { rate: 50000 })
+        );
+        assert_eq!(
+            AudioSpecificConfig::aac_lc(48000, 0),
+            Err(MediaError::InvalidChannels { channels: 0 })
+        );
+        assert_eq!(
+            AudioSpecificConfig::aac_lc(48000, 8),
+            Err(MediaError::InvalidChannels { channels: 8 })
+        );
+        assert_eq!(
+            AudioSpecificConfig::aac_lc(48000, 7)
+                .unwrap()
+                .channel_count(),
+            8
+        );
+        let hand_built = AudioSpecificConfig {
+            object_type: 40,
+            sample_rate: 50000,
+            channels: 2,
+        };
+        assert!(matches!(
+            hand_built.try_to_bytes(),
+            Err(MediaError::UnencodableAudioConfig { .. })
+        ));
         assert!(hand_built.to_bytes().is_empty());
-        let zero_rate = AudioSpecificConfig { object_type: 2, sample_rate: 0, channels: 2 };
-        assert_eq!(zero_rate.try_to_bytes(), Err(MediaError::UnsupportedSampleRate { rate: 0 }));
+        let zero_rate = AudioSpecificConfig {
+            object_type: 2,
+            sample_rate: 0,
+            channels: 2,
+        };
+        assert_eq!(
+            zero_rate.try_to_bytes(),
+            Err(MediaError::UnsupportedSampleRate { rate: 0 })
+        );
     }
 
     proptest::proptest! {

@@ -25,7 +25,11 @@ impl<'a> BitReader<'a> {
     }
 
     fn end(&self, field: &'static str) -> MediaError {
-        MediaError::BitstreamEnd { what: self.what, field, bit_offset: self.pos }
+        MediaError::BitstreamEnd {
+            what: self.what,
+            field,
+            bit_offset: self.pos,
+        }
     }
 
     /// An [`MediaError::InvalidField`] for a value read starting at `bit_offset`.
@@ -36,7 +40,13 @@ impl<'a> BitReader<'a> {
         bit_offset: usize,
         reason: &'static str,
     ) -> MediaError {
-        MediaError::InvalidField { what: self.what, field, value, bit_offset, reason }
+        MediaError::InvalidField {
+            what: self.what,
+            field,
+            value,
+            bit_offset,
+            reason,
+        }
     }
 
     pub(crate) fn flag(&mut self, field: &'static str) -> Result<bool, MediaError> {
@@ -103,7 +113,11 @@ impl<'a> BitReader<'a> {
     /// Signed Exp-Golomb code (`se(v)`).
     pub(crate) fn se(&mut self, field: &'static str) -> Result<i32, MediaError> {
         let code = i64::from(self.ue(field)?);
-        let value = if code % 2 == 1 { (code + 1) / 2 } else { -(code / 2) };
+        let value = if code % 2 == 1 {
+            (code + 1) / 2
+        } else {
+            -(code / 2)
+        };
         // |value| ≤ 2^31 − 1 because code ≤ 2^32 − 2.
         Ok(value as i32)
     }
@@ -113,7 +127,12 @@ impl<'a> BitReader<'a> {
         let start = self.pos;
         let value = self.ue(field)?;
         if value > max {
-            return Err(self.invalid(field, i64::from(value), start, "above the maximum the standard allows"));
+            return Err(self.invalid(
+                field,
+                i64::from(value),
+                start,
+                "above the maximum the standard allows",
+            ));
         }
         Ok(value)
     }
@@ -129,7 +148,11 @@ pub(crate) struct ByteReader<'a> {
 
 impl<'a> ByteReader<'a> {
     pub(crate) fn new(data: &'a [u8], record: &'static str) -> Self {
-        ByteReader { data, pos: 0, record }
+        ByteReader {
+            data,
+            pos: 0,
+            record,
+        }
     }
 
     /// Current position in bytes.
@@ -138,7 +161,11 @@ impl<'a> ByteReader<'a> {
     }
 
     fn truncated(&self, field: &'static str) -> MediaError {
-        MediaError::RecordTruncated { record: self.record, field, offset: self.pos }
+        MediaError::RecordTruncated {
+            record: self.record,
+            field,
+            offset: self.pos,
+        }
     }
 
     pub(crate) fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], MediaError> {
@@ -151,7 +178,11 @@ impl<'a> ByteReader<'a> {
     }
 
     pub(crate) fn u8(&mut self, field: &'static str) -> Result<u8, MediaError> {
-        let byte = self.data.get(self.pos).copied().ok_or_else(|| self.truncated(field))?;
+        let byte = self
+            .data
+            .get(self.pos)
+            .copied()
+            .ok_or_else(|| self.truncated(field))?;
         self.pos += 1;
         Ok(byte)
     }
@@ -184,7 +215,14 @@ mod tests {
         assert_eq!(r.u8(8, "c").unwrap(), 0b1100_1111);
         assert_eq!(r.bit_offset(), 12);
         assert_eq!(r.u32(4, "d").unwrap(), 0xf);
-        assert!(matches!(r.flag("e"), Err(MediaError::BitstreamEnd { field: "e", bit_offset: 16, .. })));
+        assert!(matches!(
+            r.flag("e"),
+            Err(MediaError::BitstreamEnd {
+                field: "e",
+                bit_offset: 16,
+                ..
+            })
+        ));
     }
 
     #[test]
@@ -210,11 +248,21 @@ mod tests {
         let mut r = BitReader::new(&[0, 0, 0, 1, 0xff, 0xff, 0xff, 0xfe], "test");
         assert_eq!(r.ue("max").unwrap(), u32::MAX - 1);
         let mut r = BitReader::new(&[0, 0, 0, 0, 0xff], "test");
-        assert!(matches!(r.ue("long"), Err(MediaError::InvalidField { field: "long", bit_offset: 0, .. })));
+        assert!(matches!(
+            r.ue("long"),
+            Err(MediaError::InvalidField {
+                field: "long",
+                bit_offset: 0,
+                ..
+            })
+        ));
         let mut r = BitReader::new(&[0, 0], "test");
         assert!(matches!(r.ue("cut"), Err(MediaError::BitstreamEnd { .. })));
         let mut r = BitReader::new(&[0b0010_0000], "test");
-        assert!(matches!(r.ue_max("small", 2), Err(MediaError::InvalidField { value: 3, .. })));
+        assert!(matches!(
+            r.ue_max("small", 2),
+            Err(MediaError::InvalidField { value: 3, .. })
+        ));
     }
 
     #[test]

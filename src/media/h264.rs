@@ -61,7 +61,10 @@ pub struct Sps {
 
 /// Profiles whose SPS carries chroma_format_idc, bit depths and scaling matrices (§7.3.2.1.1).
 fn has_chroma_info(profile_idc: u8) -> bool {
-    matches!(profile_idc, 100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135)
+    matches!(
+        profile_idc,
+        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
+    )
 }
 
 /// Skips one scaling_list() of `size` entries (§7.3.2.1.1.1), checking each delta.
@@ -73,7 +76,12 @@ fn skip_scaling_list(r: &mut BitReader<'_>, size: usize) -> Result<(), MediaErro
             let at = r.bit_offset();
             let delta = r.se("delta_scale")?;
             if !(-128..=127).contains(&delta) {
-                return Err(r.invalid("delta_scale", i64::from(delta), at, "must be in -128..=127"));
+                return Err(r.invalid(
+                    "delta_scale",
+                    i64::from(delta),
+                    at,
+                    "must be in -128..=127",
+                ));
             }
             next_scale = (last_scale + delta + 256) % 256;
         }
@@ -92,7 +100,11 @@ impl Sps {
         match nal_type(nal) {
             Some(NAL_SPS) => {}
             Some(found) => {
-                return Err(MediaError::UnexpectedNalType { codec: Codec::H264, expected: "SPS", found });
+                return Err(MediaError::UnexpectedNalType {
+                    codec: Codec::H264,
+                    expected: "SPS",
+                    found,
+                });
             }
             None => return Err(MediaError::EmptyNal { offset: 0 }),
         }
@@ -159,7 +171,8 @@ impl Sps {
         let coded_height = height_in_map_units * 16 * field_factor;
 
         let crop_at = r.bit_offset();
-        let (mut crop_left, mut crop_right, mut crop_top, mut crop_bottom) = (0u64, 0u64, 0u64, 0u64);
+        let (mut crop_left, mut crop_right, mut crop_top, mut crop_bottom) =
+            (0u64, 0u64, 0u64, 0u64);
         if r.flag("frame_cropping_flag")? {
             crop_left = r.ue("frame_crop_left_offset")?.into();
             crop_right = r.ue("frame_crop_right_offset")?.into();
@@ -167,7 +180,11 @@ impl Sps {
             crop_bottom = r.ue("frame_crop_bottom_offset")?.into();
         }
         // §7.4.2.1.1: crop offsets count chroma samples (or luma for monochrome / separate planes).
-        let chroma_array_type = if separate_colour_plane_flag { 0 } else { chroma_format_idc };
+        let chroma_array_type = if separate_colour_plane_flag {
+            0
+        } else {
+            chroma_format_idc
+        };
         let (crop_unit_x, crop_unit_y) = match chroma_array_type {
             0 => (1, field_factor),
             1 => (2, 2 * field_factor),
@@ -193,7 +210,12 @@ impl Sps {
             ));
         }
         let width = u32::try_from(coded_width - crop_x).map_err(|_| {
-            r.invalid("pic_width_in_mbs_minus1", i64::try_from(width_in_mbs - 1).unwrap_or(i64::MAX), 0, "width exceeds 32 bits")
+            r.invalid(
+                "pic_width_in_mbs_minus1",
+                i64::try_from(width_in_mbs - 1).unwrap_or(i64::MAX),
+                0,
+                "width exceeds 32 bits",
+            )
         })?;
         let height = u32::try_from(coded_height - crop_y).map_err(|_| {
             r.invalid(
@@ -240,8 +262,15 @@ fn has_avcc_extension(profile_idc: u8) -> bool {
 }
 
 /// Appends a 16-bit length and the parameter set.
-pub(crate) fn push_parameter_set(out: &mut Vec<u8>, kind: &'static str, nal: &[u8]) -> Result<(), MediaError> {
-    let len = u16::try_from(nal.len()).map_err(|_| MediaError::ParameterSetTooLarge { kind, len: nal.len() })?;
+pub(crate) fn push_parameter_set(
+    out: &mut Vec<u8>,
+    kind: &'static str,
+    nal: &[u8],
+) -> Result<(), MediaError> {
+    let len = u16::try_from(nal.len()).map_err(|_| MediaError::ParameterSetTooLarge {
+        kind,
+        len: nal.len(),
+    })?;
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(nal);
     Ok(())
@@ -258,14 +287,22 @@ impl AvcDecoderConfig {
         match nal_type(pps) {
             Some(NAL_PPS) => {}
             Some(found) => {
-                return Err(MediaError::UnexpectedNalType { codec: Codec::H264, expected: "PPS", found });
+                return Err(MediaError::UnexpectedNalType {
+                    codec: Codec::H264,
+                    expected: "PPS",
+                    found,
+                });
             }
             None => return Err(MediaError::EmptyNal { offset: 0 }),
         }
         let mut record = Vec::with_capacity(11 + sps.len() + pps.len() + 4);
         record.push(1);
         // SPS bytes 1..4 as read from the RBSP (identical to the NAL bytes for any valid level).
-        record.extend_from_slice(&[parsed.profile_idc, parsed.constraint_flags, parsed.level_idc]);
+        record.extend_from_slice(&[
+            parsed.profile_idc,
+            parsed.constraint_flags,
+            parsed.level_idc,
+        ]);
         record.push(0xfc | 3);
         record.push(0xe0 | 1);
         push_parameter_set(&mut record, "SPS", sps)?;
@@ -323,11 +360,23 @@ impl AvcDecoderConfig {
             check_nal_type(&nal, NAL_PPS, "PPS", offset)?;
             pps.push(nal);
         }
-        Ok(AvcDecoderConfig { profile_idc, profile_compat, level_idc, nal_length_size, sps, pps })
+        Ok(AvcDecoderConfig {
+            profile_idc,
+            profile_compat,
+            level_idc,
+            nal_length_size,
+            sps,
+            pps,
+        })
     }
 }
 
-fn check_nal_type(nal: &[u8], expected_type: u8, expected: &'static str, offset: usize) -> Result<(), MediaError> {
+fn check_nal_type(
+    nal: &[u8],
+    expected_type: u8,
+    expected: &'static str,
+    offset: usize,
+) -> Result<(), MediaError> {
     match nal_type(nal) {
         Some(t) if t == expected_type => Ok(()),
         Some(t) => Err(MediaError::RecordField {
@@ -351,7 +400,12 @@ mod tests {
     /// The first SPS and PPS of an Annex-B buffer.
     fn parameter_sets(annexb: &[u8]) -> (Vec<u8>, Vec<u8>) {
         let nals: Vec<&[u8]> = nal_ranges(annexb).map(|r| &annexb[r.unwrap()]).collect();
-        let find = |t| nals.iter().find(|n| nal_type(n) == Some(t)).unwrap().to_vec();
+        let find = |t| {
+            nals.iter()
+                .find(|n| nal_type(n) == Some(t))
+                .unwrap()
+                .to_vec()
+        };
         (find(NAL_SPS), find(NAL_PPS))
     }
 
@@ -373,7 +427,12 @@ mod tests {
         for case in H264_CASES {
             let (sps, _) = parameter_sets(&hex(case.parameter_sets));
             let parsed = Sps::parse(&sps).unwrap_or_else(|e| panic!("{}: {e}", case.name));
-            assert_eq!((parsed.width, parsed.height), (case.width, case.height), "{}", case.name);
+            assert_eq!(
+                (parsed.width, parsed.height),
+                (case.width, case.height),
+                "{}",
+                case.name
+            );
             assert_eq!(parsed.profile_idc, sps[1], "{}", case.name);
             assert_eq!(parsed.level_idc, sps[3], "{}", case.name);
         }
@@ -386,14 +445,35 @@ mod tests {
             Sps::parse(&parameter_sets(&hex(case.parameter_sets)).0).unwrap()
         };
         let yuv444 = by_name("high-4:4:4-Y444-33x17");
-        assert_eq!((yuv444.profile_idc, yuv444.chroma_format_idc, yuv444.separate_colour_plane_flag), (244, 3, false));
+        assert_eq!(
+            (
+                yuv444.profile_idc,
+                yuv444.chroma_format_idc,
+                yuv444.separate_colour_plane_flag
+            ),
+            (244, 3, false)
+        );
         assert_eq!((yuv444.width, yuv444.height), (33, 17));
         let yuv422 = by_name("high-4:2:2-Y42B-34x17");
         assert_eq!((yuv422.profile_idc, yuv422.chroma_format_idc), (122, 2));
         let high10 = by_name("high10-I420_10LE-320x240");
-        assert_eq!((high10.profile_idc, high10.bit_depth_luma_minus8, high10.bit_depth_chroma_minus8), (110, 2, 2));
+        assert_eq!(
+            (
+                high10.profile_idc,
+                high10.bit_depth_luma_minus8,
+                high10.bit_depth_chroma_minus8
+            ),
+            (110, 2, 2)
+        );
         let baseline = by_name("baseline-I420-854x480");
-        assert_eq!((baseline.profile_idc, baseline.chroma_format_idc, baseline.frame_mbs_only_flag), (66, 1, true));
+        assert_eq!(
+            (
+                baseline.profile_idc,
+                baseline.chroma_format_idc,
+                baseline.frame_mbs_only_flag
+            ),
+            (66, 1, true)
+        );
         assert_eq!(baseline.constraint_flags, 0xc0);
     }
 
@@ -413,7 +493,11 @@ mod tests {
                 self.u(0, len - 1).u(code, len)
             }
             fn se(&mut self, v: i32) -> &mut Self {
-                self.ue(if v > 0 { (2 * v - 1) as u32 } else { (-2 * v) as u32 })
+                self.ue(if v > 0 {
+                    (2 * v - 1) as u32
+                } else {
+                    (-2 * v) as u32
+                })
             }
             fn bytes(&self) -> Vec<u8> {
                 let mut out = vec![0u8; self.0.len().div_ceil(8) + 1];
@@ -458,14 +542,21 @@ mod tests {
         }
         let sps = Sps::parse(&nal).unwrap();
         assert_eq!((sps.width, sps.height), (1920, 1080));
-        assert_eq!((sps.pic_order_cnt_type, sps.frame_mbs_only_flag), (1, false));
+        assert_eq!(
+            (sps.pic_order_cnt_type, sps.frame_mbs_only_flag),
+            (1, false)
+        );
     }
 
     #[test]
     fn sps_errors() {
         assert!(matches!(
             Sps::parse(&[0x68, 0xce]),
-            Err(MediaError::UnexpectedNalType { expected: "SPS", found: 8, .. })
+            Err(MediaError::UnexpectedNalType {
+                expected: "SPS",
+                found: 8,
+                ..
+            })
         ));
         assert_eq!(Sps::parse(&[]), Err(MediaError::EmptyNal { offset: 0 }));
         let case = &H264_CASES[0];
@@ -473,7 +564,13 @@ mod tests {
         // The fields up to frame cropping end in byte 8 of this SPS; the VUI after them is unread.
         for cut in 1..8 {
             assert!(
-                matches!(Sps::parse(&sps[..cut]), Err(MediaError::BitstreamEnd { what: "H.264 SPS", .. })),
+                matches!(
+                    Sps::parse(&sps[..cut]),
+                    Err(MediaError::BitstreamEnd {
+                        what: "H.264 SPS",
+                        ..
+                    })
+                ),
                 "{} cut at {cut}",
                 case.name
             );
@@ -481,7 +578,10 @@ mod tests {
         // Exp-Golomb run longer than 32 bits where seq_parameter_set_id sits.
         assert!(matches!(
             Sps::parse(&[0x67, 0x42, 0xc0, 0x1e, 0, 0, 0, 0, 0x80]),
-            Err(MediaError::InvalidField { field: "seq_parameter_set_id", .. })
+            Err(MediaError::InvalidField {
+                field: "seq_parameter_set_id",
+                ..
+            })
         ));
     }
 
@@ -497,14 +597,22 @@ mod tests {
             let ffmpeg = hex(case.ffmpeg_avcc);
             if has_avcc_extension(sps[1]) {
                 assert_eq!(record[..record.len() - 4], gst[..], "{}", case.name);
-                assert_eq!(record[record.len() - 4..], ffmpeg[ffmpeg.len() - 4..], "{}", case.name);
+                assert_eq!(
+                    record[record.len() - 4..],
+                    ffmpeg[ffmpeg.len() - 4..],
+                    "{}",
+                    case.name
+                );
             } else {
                 assert_eq!(record, gst, "{}", case.name);
             }
             let parsed = AvcDecoderConfig::parse(&record).unwrap();
             assert_eq!(parsed.sps, vec![Bytes::from(sps.clone())], "{}", case.name);
             assert_eq!(parsed.pps, vec![Bytes::from(pps.clone())], "{}", case.name);
-            assert_eq!((parsed.profile_idc, parsed.profile_compat, parsed.level_idc), (sps[1], sps[2], sps[3]));
+            assert_eq!(
+                (parsed.profile_idc, parsed.profile_compat, parsed.level_idc),
+                (sps[1], sps[2], sps[3])
+            );
             assert_eq!(parsed.nal_length_size, 4);
             // ffmpeg's record keeps the next start code's zero_byte on the PPS; apart from that
             // its SPS and PPS are ours.
@@ -520,14 +628,29 @@ mod tests {
             let annexb = hex(case.parameter_sets);
             let gst = hex(case.gst_codec_data);
             let from_caps = VideoParameters::from_codec_data(Codec::H264, &gst).unwrap();
-            assert_eq!((from_caps.width, from_caps.height), (case.width, case.height), "{}", case.name);
+            assert_eq!(
+                (from_caps.width, from_caps.height),
+                (case.width, case.height),
+                "{}",
+                case.name
+            );
             assert_eq!(from_caps.codec_private, gst);
-            let from_frame = VideoParameters::from_key_frame(Codec::H264, NalFormat::AnnexB, &annexb).unwrap();
-            assert_eq!((from_frame.width, from_frame.height), (case.width, case.height), "{}", case.name);
+            let from_frame =
+                VideoParameters::from_key_frame(Codec::H264, NalFormat::AnnexB, &annexb).unwrap();
+            assert_eq!(
+                (from_frame.width, from_frame.height),
+                (case.width, case.height),
+                "{}",
+                case.name
+            );
             let mut length_prefixed = Vec::new();
             annexb::annexb_to_length_prefixed(&annexb, &mut length_prefixed).unwrap();
-            let from_lp =
-                VideoParameters::from_key_frame(Codec::H264, NalFormat::LengthPrefixed, &length_prefixed).unwrap();
+            let from_lp = VideoParameters::from_key_frame(
+                Codec::H264,
+                NalFormat::LengthPrefixed,
+                &length_prefixed,
+            )
+            .unwrap();
             assert_eq!(from_lp, from_frame);
         }
     }
@@ -536,32 +659,58 @@ mod tests {
     fn avcc_parse_errors() {
         let gst = hex(H264_CASES[0].gst_codec_data);
         for cut in 0..gst.len() {
-            assert!(AvcDecoderConfig::parse(&gst[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                AvcDecoderConfig::parse(&gst[..cut]).is_err(),
+                "cut at {cut}"
+            );
         }
         let mut version = gst.clone();
         version[0] = 0;
         assert!(matches!(
             AvcDecoderConfig::parse(&version),
-            Err(MediaError::RecordField { field: "configurationVersion", offset: 0, value: 0, .. })
+            Err(MediaError::RecordField {
+                field: "configurationVersion",
+                offset: 0,
+                value: 0,
+                ..
+            })
         ));
         let mut swapped = gst.clone();
         swapped[8] = 0x68; // the SPS header byte, now a PPS type
-        assert!(matches!(AvcDecoderConfig::parse(&swapped), Err(MediaError::RecordField { field: "SPS", .. })));
+        assert!(matches!(
+            AvcDecoderConfig::parse(&swapped),
+            Err(MediaError::RecordField { field: "SPS", .. })
+        ));
         let mut two_byte_lengths = gst.clone();
         two_byte_lengths[4] = 0xfd;
-        assert_eq!(AvcDecoderConfig::parse(&two_byte_lengths).unwrap().nal_length_size, 2);
+        assert_eq!(
+            AvcDecoderConfig::parse(&two_byte_lengths)
+                .unwrap()
+                .nal_length_size,
+            2
+        );
         assert!(matches!(
             VideoParameters::from_codec_data(Codec::H264, &two_byte_lengths),
-            Err(MediaError::RecordField { field: "lengthSizeMinusOne", value: 1, .. })
+            Err(MediaError::RecordField {
+                field: "lengthSizeMinusOne",
+                value: 1,
+                ..
+            })
         ));
         let (sps, pps) = parameter_sets(&hex(H264_CASES[0].parameter_sets));
         assert!(matches!(
             AvcDecoderConfig::from_parameter_sets(&pps, &sps),
-            Err(MediaError::UnexpectedNalType { expected: "SPS", .. })
+            Err(MediaError::UnexpectedNalType {
+                expected: "SPS",
+                ..
+            })
         ));
         assert!(matches!(
             AvcDecoderConfig::from_parameter_sets(&sps, &sps),
-            Err(MediaError::UnexpectedNalType { expected: "PPS", .. })
+            Err(MediaError::UnexpectedNalType {
+                expected: "PPS",
+                ..
+            })
         ));
         assert!(matches!(
             AvcDecoderConfig::from_parameter_sets(&sps, &[]),

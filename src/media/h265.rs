@@ -85,7 +85,11 @@ impl HevcSps {
         match nal_type(nal) {
             Some(NAL_SPS) => {}
             Some(found) => {
-                return Err(MediaError::UnexpectedNalType { codec: Codec::H265, expected: "SPS", found });
+                return Err(MediaError::UnexpectedNalType {
+                    codec: Codec::H265,
+                    expected: "SPS",
+                    found,
+                });
             }
             None => {
                 return Err(MediaError::BitstreamEnd {
@@ -122,8 +126,10 @@ impl HevcSps {
         let mut sub_layer_profile_present = [false; 6];
         let mut sub_layer_level_present = [false; 6];
         let sub_layers = usize::from(sps_max_sub_layers_minus1);
-        for (profile, level) in
-            sub_layer_profile_present.iter_mut().zip(sub_layer_level_present.iter_mut()).take(sub_layers)
+        for (profile, level) in sub_layer_profile_present
+            .iter_mut()
+            .zip(sub_layer_level_present.iter_mut())
+            .take(sub_layers)
         {
             *profile = r.flag("sub_layer_profile_present_flag")?;
             *level = r.flag("sub_layer_level_present_flag")?;
@@ -131,7 +137,11 @@ impl HevcSps {
         if sub_layers > 0 {
             r.skip(2 * (8 - sub_layers), "reserved_zero_2bits")?;
         }
-        for (&profile, &level) in sub_layer_profile_present.iter().zip(&sub_layer_level_present).take(sub_layers) {
+        for (&profile, &level) in sub_layer_profile_present
+            .iter()
+            .zip(&sub_layer_level_present)
+            .take(sub_layers)
+        {
             if profile {
                 r.skip(88, "sub_layer_profile")?;
             }
@@ -142,7 +152,8 @@ impl HevcSps {
 
         r.ue_max("sps_seq_parameter_set_id", 15)?;
         let chroma_format_idc = r.ue_max("chroma_format_idc", 3)?;
-        let separate_colour_plane_flag = chroma_format_idc == 3 && r.flag("separate_colour_plane_flag")?;
+        let separate_colour_plane_flag =
+            chroma_format_idc == 3 && r.flag("separate_colour_plane_flag")?;
         let width_at = r.bit_offset();
         let coded_width = u64::from(r.ue("pic_width_in_luma_samples")?);
         let height_at = r.bit_offset();
@@ -165,7 +176,11 @@ impl HevcSps {
         let bit_depth_chroma_minus8 = r.ue_max("bit_depth_chroma_minus8", 8)?;
 
         // Table 6-1: window offsets count chroma samples.
-        let chroma_array_type = if separate_colour_plane_flag { 0 } else { chroma_format_idc };
+        let chroma_array_type = if separate_colour_plane_flag {
+            0
+        } else {
+            chroma_format_idc
+        };
         let (sub_width_c, sub_height_c) = match chroma_array_type {
             1 => (2, 2),
             2 => (2, 1),
@@ -212,10 +227,18 @@ impl HevcSps {
     }
 }
 
-fn expect_nal_type(nal: &[u8], expected_type: u8, expected: &'static str) -> Result<(), MediaError> {
+fn expect_nal_type(
+    nal: &[u8],
+    expected_type: u8,
+    expected: &'static str,
+) -> Result<(), MediaError> {
     match nal_type(nal) {
         Some(t) if t == expected_type => Ok(()),
-        Some(found) => Err(MediaError::UnexpectedNalType { codec: Codec::H265, expected, found }),
+        Some(found) => Err(MediaError::UnexpectedNalType {
+            codec: Codec::H265,
+            expected,
+            found,
+        }),
         None => Err(MediaError::EmptyNal { offset: 0 }),
     }
 }
@@ -234,16 +257,29 @@ pub fn hevc_decoder_config(vps: &[u8], sps: &[u8], pps: &[u8]) -> Result<Vec<u8>
         return Err(MediaError::InvalidField {
             what: SPS_WHAT,
             field: "bit_depth_luma_minus8 / bit_depth_chroma_minus8",
-            value: parsed.bit_depth_luma_minus8.max(parsed.bit_depth_chroma_minus8).into(),
+            value: parsed
+                .bit_depth_luma_minus8
+                .max(parsed.bit_depth_chroma_minus8)
+                .into(),
             bit_offset: 0,
             reason: "16-bit video does not fit the 3-bit field of the decoder configuration record",
         });
     }
     let mut record = Vec::with_capacity(23 + 3 * 5 + vps.len() + sps.len() + pps.len());
     record.push(1); // configurationVersion
-    record.push((parsed.general_profile_space << 6) | (u8::from(parsed.tier_flag) << 5) | parsed.profile_idc);
+    record.push(
+        (parsed.general_profile_space << 6)
+            | (u8::from(parsed.tier_flag) << 5)
+            | parsed.profile_idc,
+    );
     record.extend_from_slice(&parsed.profile_compatibility_flags.to_be_bytes());
-    record.extend_from_slice(parsed.constraint_indicator_flags.to_be_bytes().get(2..).unwrap_or_default());
+    record.extend_from_slice(
+        parsed
+            .constraint_indicator_flags
+            .to_be_bytes()
+            .get(2..)
+            .unwrap_or_default(),
+    );
     record.push(parsed.level_idc);
     record.extend_from_slice(&[0xf0, 0x00]); // reserved 1111, min_spatial_segmentation_idc 0
     record.push(0xfc); // reserved 111111, parallelismType 0
@@ -255,7 +291,11 @@ pub fn hevc_decoder_config(vps: &[u8], sps: &[u8], pps: &[u8]) -> Result<Vec<u8>
     let num_temporal_layers = parsed.sps_max_sub_layers_minus1 + 1;
     record.push((num_temporal_layers << 3) | (u8::from(parsed.temporal_id_nesting_flag) << 2) | 3);
     record.push(3); // numOfArrays
-    for (nal_type, kind, nal) in [(NAL_VPS, "VPS", vps), (NAL_SPS, "SPS", sps), (NAL_PPS, "PPS", pps)] {
+    for (nal_type, kind, nal) in [
+        (NAL_VPS, "VPS", vps),
+        (NAL_SPS, "SPS", sps),
+        (NAL_PPS, "PPS", pps),
+    ] {
         record.push(0x80 | nal_type); // array_completeness 1, reserved 0
         record.extend_from_slice(&1u16.to_be_bytes()); // numNalus
         push_parameter_set(&mut record, kind, nal)?;
@@ -362,7 +402,12 @@ mod tests {
 
     fn parameter_sets(annexb: &[u8]) -> [Vec<u8>; 3] {
         let nals: Vec<&[u8]> = nal_ranges(annexb).map(|r| &annexb[r.unwrap()]).collect();
-        let find = |t| nals.iter().find(|n| nal_type(n) == Some(t)).unwrap().to_vec();
+        let find = |t| {
+            nals.iter()
+                .find(|n| nal_type(n) == Some(t))
+                .unwrap()
+                .to_vec()
+        };
         [find(NAL_VPS), find(NAL_SPS), find(NAL_PPS)]
     }
 
@@ -402,22 +447,56 @@ mod tests {
         for case in H265_CASES {
             let [_, sps, _] = parameter_sets(&hex(case.parameter_sets));
             let parsed = HevcSps::parse(&sps).unwrap_or_else(|e| panic!("{}: {e}", case.name));
-            assert_eq!((parsed.width, parsed.height), (case.width, case.height), "{}", case.name);
+            assert_eq!(
+                (parsed.width, parsed.height),
+                (case.width, case.height),
+                "{}",
+                case.name
+            );
         }
         let by_name = |name: &str| {
             let case = H265_CASES.iter().find(|c| c.name == name).unwrap();
             HevcSps::parse(&parameter_sets(&hex(case.parameter_sets))[1]).unwrap()
         };
         let main = by_name("I420-1920x1080");
-        assert_eq!((main.general_profile_space, main.tier_flag, main.profile_idc, main.level_idc), (0, false, 1, 120));
+        assert_eq!(
+            (
+                main.general_profile_space,
+                main.tier_flag,
+                main.profile_idc,
+                main.level_idc
+            ),
+            (0, false, 1, 120)
+        );
         assert_eq!(main.profile_compatibility_flags, 0x6000_0000);
         assert_eq!(main.constraint_indicator_flags, 0x9000_0000_0000);
         assert_eq!((main.chroma_format_idc, main.bit_depth_luma_minus8), (1, 0));
-        assert_eq!((main.sps_max_sub_layers_minus1, main.temporal_id_nesting_flag), (0, true));
+        assert_eq!(
+            (
+                main.sps_max_sub_layers_minus1,
+                main.temporal_id_nesting_flag
+            ),
+            (0, true)
+        );
         let yuv444 = by_name("Y444-33x17");
-        assert_eq!((yuv444.profile_idc, yuv444.chroma_format_idc, yuv444.width, yuv444.height), (4, 3, 33, 17));
+        assert_eq!(
+            (
+                yuv444.profile_idc,
+                yuv444.chroma_format_idc,
+                yuv444.width,
+                yuv444.height
+            ),
+            (4, 3, 33, 17)
+        );
         let main10 = by_name("I420_10LE-320x240");
-        assert_eq!((main10.profile_idc, main10.bit_depth_luma_minus8, main10.bit_depth_chroma_minus8), (2, 2, 2));
+        assert_eq!(
+            (
+                main10.profile_idc,
+                main10.bit_depth_luma_minus8,
+                main10.bit_depth_chroma_minus8
+            ),
+            (2, 2, 2)
+        );
     }
 
     /// Our hvcC equals h265parse's `codec_data` except that we set array_completeness (GStreamer
@@ -438,16 +517,39 @@ mod tests {
             assert_eq!(record[..23], ffmpeg[..23], "{}", case.name);
             let parsed = HevcDecoderConfig::parse(&record).unwrap();
             let ffmpeg_parsed = HevcDecoderConfig::parse(&ffmpeg).unwrap();
-            assert_eq!((&ffmpeg_parsed.vps, &ffmpeg_parsed.sps), (&parsed.vps, &parsed.sps), "{}", case.name);
-            assert_eq!(ffmpeg_parsed.pps[0][..], [&pps[..], &[0]].concat()[..], "{}", case.name);
-            assert_eq!((parsed.vps.len(), parsed.sps.len(), parsed.pps.len()), (1, 1, 1));
-            assert_eq!((&parsed.vps[0][..], &parsed.sps[0][..], &parsed.pps[0][..]), (&vps[..], &sps[..], &pps[..]));
+            assert_eq!(
+                (&ffmpeg_parsed.vps, &ffmpeg_parsed.sps),
+                (&parsed.vps, &parsed.sps),
+                "{}",
+                case.name
+            );
+            assert_eq!(
+                ffmpeg_parsed.pps[0][..],
+                [&pps[..], &[0]].concat()[..],
+                "{}",
+                case.name
+            );
+            assert_eq!(
+                (parsed.vps.len(), parsed.sps.len(), parsed.pps.len()),
+                (1, 1, 1)
+            );
+            assert_eq!(
+                (&parsed.vps[0][..], &parsed.sps[0][..], &parsed.pps[0][..]),
+                (&vps[..], &sps[..], &pps[..])
+            );
             assert_eq!(parsed.nal_length_size, 4);
 
             let from_caps = VideoParameters::from_codec_data(Codec::H265, &record).unwrap();
-            assert_eq!((from_caps.width, from_caps.height), (case.width, case.height));
-            let from_frame =
-                VideoParameters::from_key_frame(Codec::H265, NalFormat::AnnexB, &hex(case.parameter_sets)).unwrap();
+            assert_eq!(
+                (from_caps.width, from_caps.height),
+                (case.width, case.height)
+            );
+            let from_frame = VideoParameters::from_key_frame(
+                Codec::H265,
+                NalFormat::AnnexB,
+                &hex(case.parameter_sets),
+            )
+            .unwrap();
             assert_eq!(from_frame, from_caps, "{}", case.name);
         }
     }
@@ -457,31 +559,59 @@ mod tests {
         let [vps, sps, pps] = parameter_sets(&hex(H265_CASES[0].parameter_sets));
         assert!(matches!(
             hevc_decoder_config(&sps, &sps, &pps),
-            Err(MediaError::UnexpectedNalType { expected: "VPS", found: 33, .. })
+            Err(MediaError::UnexpectedNalType {
+                expected: "VPS",
+                found: 33,
+                ..
+            })
         ));
         assert!(matches!(
             hevc_decoder_config(&vps, &pps, &pps),
-            Err(MediaError::UnexpectedNalType { expected: "SPS", found: 34, .. })
+            Err(MediaError::UnexpectedNalType {
+                expected: "SPS",
+                found: 34,
+                ..
+            })
         ));
-        assert!(matches!(hevc_decoder_config(&vps, &sps, &vps), Err(MediaError::UnexpectedNalType { .. })));
+        assert!(matches!(
+            hevc_decoder_config(&vps, &sps, &vps),
+            Err(MediaError::UnexpectedNalType { .. })
+        ));
         // Parsing stops after the bit depths: every cut before them fails for lack of data, every
         // cut after them gives the full result.
         let full = HevcSps::parse(&sps).unwrap();
-        let needed = (0..sps.len()).find(|&cut| HevcSps::parse(&sps[..cut]).is_ok()).unwrap();
-        assert!(needed > 17, "profile_tier_level alone ends at byte 15; parsed from {needed} bytes");
+        let needed = (0..sps.len())
+            .find(|&cut| HevcSps::parse(&sps[..cut]).is_ok())
+            .unwrap();
+        assert!(
+            needed > 17,
+            "profile_tier_level alone ends at byte 15; parsed from {needed} bytes"
+        );
         for cut in 0..needed {
-            assert!(matches!(HevcSps::parse(&sps[..cut]), Err(MediaError::BitstreamEnd { what: "H.265 SPS", .. })));
+            assert!(matches!(
+                HevcSps::parse(&sps[..cut]),
+                Err(MediaError::BitstreamEnd {
+                    what: "H.265 SPS",
+                    ..
+                })
+            ));
         }
         for cut in needed..sps.len() {
             assert_eq!(HevcSps::parse(&sps[..cut]).unwrap(), full);
         }
         let record = hevc_decoder_config(&vps, &sps, &pps).unwrap();
         for cut in 0..record.len() {
-            assert!(HevcDecoderConfig::parse(&record[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                HevcDecoderConfig::parse(&record[..cut]).is_err(),
+                "cut at {cut}"
+            );
         }
         let mut mismatched = record.clone();
         mismatched[23] = 0x80 | NAL_SPS; // VPS array now claims SPS
-        assert!(matches!(HevcDecoderConfig::parse(&mismatched), Err(MediaError::RecordField { offset: 28, .. })));
+        assert!(matches!(
+            HevcDecoderConfig::parse(&mismatched),
+            Err(MediaError::RecordField { offset: 28, .. })
+        ));
         let mut no_vps = record.clone();
         no_vps[23] = 0x80 | NAL_PREFIX_SEI;
         no_vps[28] = NAL_PREFIX_SEI << 1;

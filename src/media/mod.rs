@@ -76,7 +76,9 @@ pub enum MediaError {
     #[error("Annex-B data does not begin with a 3- or 4-byte start code (byte offset {offset})")]
     MissingStartCode { offset: usize },
     /// More than 3 zero bytes before a `01`: rejected as the KVS producer does.
-    #[error("{zeros} zero bytes before the start code at byte offset {offset}; at most 3 are allowed")]
+    #[error(
+        "{zeros} zero bytes before the start code at byte offset {offset}; at most 3 are allowed"
+    )]
     TooManyZeros { offset: usize, zeros: usize },
     /// A start code directly followed by another start code or by the end of the data.
     #[error("empty NAL unit at byte offset {offset}")]
@@ -88,13 +90,23 @@ pub enum MediaError {
     #[error(
         "NAL unit at byte offset {offset} declares {declared} bytes but only {available} remain"
     )]
-    TruncatedNal { offset: usize, declared: usize, available: usize },
+    TruncatedNal {
+        offset: usize,
+        declared: usize,
+        available: usize,
+    },
     /// A NAL unit too large for a 4-byte length prefix.
-    #[error("NAL unit at byte offset {offset} is {len} bytes, too large for a 4-byte length prefix")]
+    #[error(
+        "NAL unit at byte offset {offset} is {len} bytes, too large for a 4-byte length prefix"
+    )]
     NalTooLarge { offset: usize, len: usize },
     /// A bitstream (SPS, AudioSpecificConfig) ended before a field was complete.
     #[error("{what}: data ends at bit {bit_offset} while reading {field}")]
-    BitstreamEnd { what: &'static str, field: &'static str, bit_offset: usize },
+    BitstreamEnd {
+        what: &'static str,
+        field: &'static str,
+        bit_offset: usize,
+    },
     /// A bitstream field holds a value outside its allowed range.
     #[error("{what}: {field} = {value} (at bit {bit_offset}) is out of range: {reason}")]
     InvalidField {
@@ -106,19 +118,38 @@ pub enum MediaError {
     },
     /// A NAL unit of the wrong type was given (e.g. a PPS where an SPS is expected).
     #[error("{codec:?}: expected a {expected} NAL unit, found NAL type {found}")]
-    UnexpectedNalType { codec: Codec, expected: &'static str, found: u8 },
+    UnexpectedNalType {
+        codec: Codec,
+        expected: &'static str,
+        found: u8,
+    },
     /// A key frame or decoder configuration lacks a required parameter set.
     #[error("{codec:?}: no {kind} found in the {source_name}")]
-    MissingParameterSet { codec: Codec, kind: &'static str, source_name: &'static str },
+    MissingParameterSet {
+        codec: Codec,
+        kind: &'static str,
+        source_name: &'static str,
+    },
     /// A parameter set too large for the 16-bit length of a decoder configuration record.
-    #[error("{kind} of {len} bytes does not fit the 16-bit length of a decoder configuration record")]
+    #[error(
+        "{kind} of {len} bytes does not fit the 16-bit length of a decoder configuration record"
+    )]
     ParameterSetTooLarge { kind: &'static str, len: usize },
     /// An avcC / hvcC record ended before a field was complete.
     #[error("{record}: truncated at byte offset {offset} while reading {field}")]
-    RecordTruncated { record: &'static str, field: &'static str, offset: usize },
+    RecordTruncated {
+        record: &'static str,
+        field: &'static str,
+        offset: usize,
+    },
     /// An avcC / hvcC record field holds an unsupported value.
     #[error("{record}: {field} at byte offset {offset} has unsupported value {value}")]
-    RecordField { record: &'static str, field: &'static str, offset: usize, value: u32 },
+    RecordField {
+        record: &'static str,
+        field: &'static str,
+        offset: usize,
+        value: u32,
+    },
     /// A sample rate that has no index in the MPEG-4 sampling frequency table.
     #[error("AAC sample rate {rate} Hz is not in the MPEG-4 sampling frequency table")]
     UnsupportedSampleRate { rate: u32 },
@@ -126,7 +157,9 @@ pub enum MediaError {
     #[error("AAC channel configuration {channels} is not in 1..=7")]
     InvalidChannels { channels: u8 },
     /// An AudioSpecificConfig this crate cannot write back in at most 5 bytes.
-    #[error("AAC object type {object_type} with sample rate {sample_rate} Hz cannot be encoded in 5 bytes")]
+    #[error(
+        "AAC object type {object_type} with sample rate {sample_rate} Hz cannot be encoded in 5 bytes"
+    )]
     UnencodableAudioConfig { object_type: u8, sample_rate: u32 },
     /// A video-only operation was asked for an audio codec.
     #[error("{codec:?} is not a video codec")]
@@ -157,7 +190,11 @@ impl VideoParameters {
     /// From a key frame (access unit) carrying in-band parameter sets (SPS/PPS for H.264;
     /// VPS/SPS/PPS for H.265). The first parameter set of each kind before the first slice is
     /// used, as the KVS producer does; the frame may be Annex-B or length-prefixed.
-    pub fn from_key_frame(codec: Codec, format: NalFormat, frame: &[u8]) -> Result<Self, MediaError> {
+    pub fn from_key_frame(
+        codec: Codec,
+        format: NalFormat,
+        frame: &[u8],
+    ) -> Result<Self, MediaError> {
         if !codec.is_video() {
             return Err(MediaError::NotVideo { codec });
         }
@@ -212,9 +249,19 @@ impl VideoParameters {
                 }
             }
         }
-        let missing = |kind| MediaError::MissingParameterSet { codec, kind, source_name: "key frame" };
-        let sps = found.sps.and_then(|r| frame.get(r)).ok_or_else(|| missing("SPS"))?;
-        let pps = found.pps.and_then(|r| frame.get(r)).ok_or_else(|| missing("PPS"))?;
+        let missing = |kind| MediaError::MissingParameterSet {
+            codec,
+            kind,
+            source_name: "key frame",
+        };
+        let sps = found
+            .sps
+            .and_then(|r| frame.get(r))
+            .ok_or_else(|| missing("SPS"))?;
+        let pps = found
+            .pps
+            .and_then(|r| frame.get(r))
+            .ok_or_else(|| missing("PPS"))?;
         match codec {
             Codec::H264 => {
                 let parsed = h264::Sps::parse(sps)?;
@@ -226,7 +273,10 @@ impl VideoParameters {
                 })
             }
             _ => {
-                let vps = found.vps.and_then(|r| frame.get(r)).ok_or_else(|| missing("VPS"))?;
+                let vps = found
+                    .vps
+                    .and_then(|r| frame.get(r))
+                    .ok_or_else(|| missing("VPS"))?;
                 let parsed = h265::HevcSps::parse(sps)?;
                 let record = h265::hevc_decoder_config(vps, sps, pps)?;
                 Ok(VideoParameters {
@@ -242,8 +292,11 @@ impl VideoParameters {
     /// inside for the size. The record is kept verbatim as the CodecPrivate. Records whose NAL
     /// length size is not 4 are rejected, since frames are always 4-byte length-prefixed here.
     pub fn from_codec_data(codec: Codec, codec_data: &[u8]) -> Result<Self, MediaError> {
-        let missing =
-            |kind| MediaError::MissingParameterSet { codec, kind, source_name: "codec_data record" };
+        let missing = |kind| MediaError::MissingParameterSet {
+            codec,
+            kind,
+            source_name: "codec_data record",
+        };
         let (nal_length_size, width, height) = match codec {
             Codec::H264 => {
                 let record = h264::AvcDecoderConfig::parse(codec_data)?;
@@ -280,7 +333,11 @@ impl VideoParameters {
                 value: u32::from(nal_length_size) - 1,
             });
         }
-        Ok(VideoParameters { codec_private: Bytes::copy_from_slice(codec_data), width, height })
+        Ok(VideoParameters {
+            codec_private: Bytes::copy_from_slice(codec_data),
+            width,
+            height,
+        })
     }
 }
 
@@ -288,7 +345,10 @@ impl VideoParameters {
 pub(crate) mod test_support {
     /// Decodes a hex string from the test vectors.
     pub(crate) fn hex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 }
 
@@ -297,8 +357,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const H264_KEY_FRAME: &[u8] = include_bytes!("../../tests/fixtures/media/h264-baseline-896x504-key.h264");
-    const H265_KEY_FRAME: &[u8] = include_bytes!("../../tests/fixtures/media/h265-main-320x240-key.h265");
+    const H264_KEY_FRAME: &[u8] =
+        include_bytes!("../../tests/fixtures/media/h264-baseline-896x504-key.h264");
+    const H265_KEY_FRAME: &[u8] =
+        include_bytes!("../../tests/fixtures/media/h265-main-320x240-key.h265");
 
     fn sps_range(codec: Codec, frame: &[u8]) -> std::ops::Range<usize> {
         annexb::nal_ranges(frame)
@@ -326,45 +388,80 @@ mod tests {
     fn h264_key_frame_from_x264() {
         assert_eq!(
             nal_types(Codec::H264, H264_KEY_FRAME),
-            [h264::NAL_AUD, h264::NAL_SPS, h264::NAL_PPS, h264::NAL_SEI, h264::NAL_IDR]
+            [
+                h264::NAL_AUD,
+                h264::NAL_SPS,
+                h264::NAL_PPS,
+                h264::NAL_SEI,
+                h264::NAL_IDR
+            ]
         );
-        let params = VideoParameters::from_key_frame(Codec::H264, NalFormat::AnnexB, H264_KEY_FRAME).unwrap();
+        let params =
+            VideoParameters::from_key_frame(Codec::H264, NalFormat::AnnexB, H264_KEY_FRAME)
+                .unwrap();
         assert_eq!((params.width, params.height), (896, 504));
         let record = h264::AvcDecoderConfig::parse(&params.codec_private).unwrap();
-        assert_eq!(record.sps[0][..], H264_KEY_FRAME[sps_range(Codec::H264, H264_KEY_FRAME)]);
+        assert_eq!(
+            record.sps[0][..],
+            H264_KEY_FRAME[sps_range(Codec::H264, H264_KEY_FRAME)]
+        );
         assert_eq!(record.nal_length_size, 4);
 
         let mut length_prefixed = Vec::new();
         annexb::annexb_to_length_prefixed(H264_KEY_FRAME, &mut length_prefixed).unwrap();
         assert_eq!(
-            VideoParameters::from_key_frame(Codec::H264, NalFormat::LengthPrefixed, &length_prefixed).unwrap(),
+            VideoParameters::from_key_frame(
+                Codec::H264,
+                NalFormat::LengthPrefixed,
+                &length_prefixed
+            )
+            .unwrap(),
             params
         );
-        assert_eq!(VideoParameters::from_codec_data(Codec::H264, &params.codec_private).unwrap(), params);
+        assert_eq!(
+            VideoParameters::from_codec_data(Codec::H264, &params.codec_private).unwrap(),
+            params
+        );
     }
 
     #[test]
     fn h265_key_frame_from_x265() {
-        assert_eq!(nal_types(Codec::H265, H265_KEY_FRAME), [
-            h265::NAL_VPS,
-            h265::NAL_SPS,
-            h265::NAL_PPS,
-            h265::NAL_PREFIX_SEI,
-            h265::NAL_IDR_N_LP
-        ]);
-        let params = VideoParameters::from_key_frame(Codec::H265, NalFormat::AnnexB, H265_KEY_FRAME).unwrap();
+        assert_eq!(
+            nal_types(Codec::H265, H265_KEY_FRAME),
+            [
+                h265::NAL_VPS,
+                h265::NAL_SPS,
+                h265::NAL_PPS,
+                h265::NAL_PREFIX_SEI,
+                h265::NAL_IDR_N_LP
+            ]
+        );
+        let params =
+            VideoParameters::from_key_frame(Codec::H265, NalFormat::AnnexB, H265_KEY_FRAME)
+                .unwrap();
         assert_eq!((params.width, params.height), (320, 240));
-        assert_eq!(VideoParameters::from_codec_data(Codec::H265, &params.codec_private).unwrap(), params);
+        assert_eq!(
+            VideoParameters::from_codec_data(Codec::H265, &params.codec_private).unwrap(),
+            params
+        );
     }
 
     #[test]
     fn key_frame_without_parameter_sets_errors() {
         // The IDR slice alone (what an encoder sends when it repeats no headers).
-        let idr_start = annexb::nal_ranges(H264_KEY_FRAME).map(Result::unwrap).last().unwrap().start;
+        let idr_start = annexb::nal_ranges(H264_KEY_FRAME)
+            .map(Result::unwrap)
+            .last()
+            .unwrap()
+            .start;
         let slice_only = &H264_KEY_FRAME[idr_start - 4..];
         assert_eq!(
             VideoParameters::from_key_frame(Codec::H264, NalFormat::AnnexB, slice_only),
-            Err(MediaError::MissingParameterSet { codec: Codec::H264, kind: "SPS", source_name: "key frame" })
+            Err(MediaError::MissingParameterSet {
+                codec: Codec::H264,
+                kind: "SPS",
+                source_name: "key frame"
+            })
         );
         // SPS present, PPS missing.
         let mut no_pps = Vec::new();
@@ -386,9 +483,17 @@ mod tests {
             Err(MediaError::MissingParameterSet { kind: "SPS", .. })
         ));
         // H.265 frame without its VPS.
-        let vps_end = annexb::nal_ranges(H265_KEY_FRAME).next().unwrap().unwrap().end;
+        let vps_end = annexb::nal_ranges(H265_KEY_FRAME)
+            .next()
+            .unwrap()
+            .unwrap()
+            .end;
         assert!(matches!(
-            VideoParameters::from_key_frame(Codec::H265, NalFormat::AnnexB, &H265_KEY_FRAME[vps_end..]),
+            VideoParameters::from_key_frame(
+                Codec::H265,
+                NalFormat::AnnexB,
+                &H265_KEY_FRAME[vps_end..]
+            ),
             Err(MediaError::MissingParameterSet { kind: "VPS", .. })
         ));
         // Framing errors surface as such; Annex-B data read as length-prefixed fails cleanly.
@@ -405,16 +510,26 @@ mod tests {
             Err(MediaError::NotVideo { codec: Codec::Aac })
         );
         // An H.264 record offered as H.265.
-        let avcc = VideoParameters::from_key_frame(Codec::H264, NalFormat::AnnexB, H264_KEY_FRAME).unwrap();
+        let avcc = VideoParameters::from_key_frame(Codec::H264, NalFormat::AnnexB, H264_KEY_FRAME)
+            .unwrap();
         assert!(VideoParameters::from_codec_data(Codec::H265, &avcc.codec_private).is_err());
     }
 
     #[test]
     fn error_messages_name_the_problem_and_where() {
-        let message = annexb::nal_ranges(&[0, 0, 1, 0x67, 0, 0, 0, 0, 1]).find_map(Result::err).unwrap().to_string();
-        assert_eq!(message, "4 zero bytes before the start code at byte offset 4; at most 3 are allowed");
+        let message = annexb::nal_ranges(&[0, 0, 1, 0x67, 0, 0, 0, 0, 1])
+            .find_map(Result::err)
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            message,
+            "4 zero bytes before the start code at byte offset 4; at most 3 are allowed"
+        );
         let message = h264::Sps::parse(&[0x67, 0x64]).unwrap_err().to_string();
-        assert_eq!(message, "H.264 SPS: data ends at bit 16 while reading constraint_set_flags");
+        assert_eq!(
+            message,
+            "H.264 SPS: data ends at bit 16 while reading constraint_set_flags"
+        );
     }
 
     proptest! {
