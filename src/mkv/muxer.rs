@@ -447,10 +447,12 @@ impl FragmentMuxer {
             RunState::Stopped => return Err(MuxError::Stopped),
             RunState::Running => {}
         }
-        if let Err(e) = self.drain(sink, true)
-            && !e.is_frame_error()
-        {
-            return Err(e);
+        if let Err(e) = self.drain(sink, true) {
+            if !e.is_frame_error() {
+                return Err(e);
+            }
+            // The stream still ends properly; the dropped frame is only worth a log line.
+            tracing::warn!(error = %e, "mkv: frame dropped while finishing");
         }
         self.tags.take_end_request();
         if self.header.is_some() {

@@ -1454,6 +1454,13 @@ fn a_sink_error_stops_the_muxer() {
 }
 
 #[test]
+fn the_muxer_moves_between_threads() {
+    fn assert_send<T: Send>() {}
+    assert_send::<FragmentMuxer>();
+    assert_send::<MuxError>();
+}
+
+#[test]
 fn dyn_sinks_work() {
     let mut mux = video_only();
     let mut sink = RecordingSink::default();
