@@ -260,3 +260,289 @@ pub fn rbsp_from_nal(nal: &[u8], out: &mut Vec<u8>) {
     }
     out.extend_from_slice(rest);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn nals(data: &[u8]) -> Result<Vec<Vec<u8>>, MediaError> {
+        nal_ranges(data)
+            .map(|r| r.map(|r| data[r].to_vec()))
+            .collect()
+    }
+
+    fn first_error(data: &[u8]) -> MediaError {
+        nal_ranges(data).find_map(Result::err).expect("an error")
+    }
+
+    #[test]
+    fn splits_on_three_and_four_byte_start_codes() {
+        let data = [
+            0, 0, 0, 1, 0x67, 0x42, 0, 0, 1, 0x68, 0xce, 0, 0, 0, 1, 0x65, 0x88, 0x84,
+        ];
+        assert_eq!(
+            nals(&data).unwrap(),
+            vec![vec![0x67, 0x42], vec![0x68, 0xce], vec![0x65, 0x88, 0x84]]
+        );
+        let ranges: Vec<_> = nal_ranges(&data).map(Result::unwrap).collect();
+        assert_eq!(ranges, vec![4..6, 9..11, 15..18]);
+    }
+
+    #[test]
+    fn keeps_emulation_prevention_bytes_and_trims_trailing_zeros() {
+        let data = [
+            0, 0, 1, 0x06, 0, 0, 3, 1, 0x80, 0, 0, 0, 1, 0x65, 0, 0, 3, 0, 0x11, 0, 0, 0, 0, 0,
+        ];
+        assert_eq!(
+            nals(&data).unwrap(),
+            vec![vec![0x06, 0, 0, 3, 1, 0x80], vec![0x65, 0, 0, 3, 0, 0x11]]
+        );
+    }
+
+    #[test]
+    fn empty_input_has_no_nal_units() {
+        assert_eq!(nal_ranges(&[]).count(), 0);
+        let mut out = vec![9];
+        annexb_to_length_prefixed(&[], &mut out).unwrap();
+        length_prefixed_to_annexb(&[], &mut out).unwrap();
+        assert_eq!(out, [9]);
+    }
+
+    #[test]
+    fn rejects_data_without_leading_start_code() {
+        for data in [
+            &[0x67, 0, 0, 1, 0x68][..],
+            &[0, 1, 0x67],
+            &[0, 0, 2, 0x67],
+            &[0, 0, 0],
+            &[0],
+        ] {
+            assert_eq!(
+                first_error(data),
+                MediaError::MissingStartCode { offset: 0 },
+                "{data:02x?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_more_than_three_zeros_before_01() {
+        assert_eq!(
+            first_error(&[0, 0, 0, 0, 1, 0x67]),
+            MediaError::TooManyZeros {
+                offset: 0,
+                zeros: 4
+            }
+        );
+        let inside = [0, 0, 1, 0x67, 0x42, 0, 0, 0, 0, 1, 0x68];
+        assert_eq!(
+            first_error(&inside),
+            MediaError::TooManyZeros {
+                offset: 5,
+                zeros: 4
+            }
+        );
+        // The bad start code would end the NAL before it, so the error takes that NAL's place and
+        // the iterator stops.
+        let items: Vec<_> = nal_ranges(&inside).collect();
+        assert_eq!(
+            items,
+            vec![Err(MediaError::TooManyZeros {
+                offset: 5,
+                zeros: 4
+            })]
+        );
+    }
+
+    #[test]
+    fn rejects_empty_nal_units() {
+        assert_eq!(
+            first_error(&[0, 0, 1, 0, 0, 1, 0x67]),
+            MediaError::EmptyNal { offset: 3 }
+        );
+        assert_eq!(
+            first_error(&[0, 0, 1, 0, 0, 0, 1, 0x67]),
+            MediaError::EmptyNal { offset: 3 }
+        );
+        assert_eq!(
+            first_error(&[0, 0, 1, 0x67, 0, 0, 1]),
+            MediaError::EmptyNal { offset: 7 }
+        );
+        assert_eq!(
+            first_error(&[0, 0, 0, 1]),
+            MediaError::EmptyNal { offset: 4 }
+        );
+        assert_eq!(
+            first_error(&[0, 0, 1, 0, 0]),
+            MediaError::EmptyNal { offset: 3 }
+        );
+    }
+
+    #[test]
+    fn nal_may_begin_with_zero_byte() {
+        // H.265 TRAIL_N header is 00 01: not a start code once the real one is consumed.
+        assert_eq!(
+            nals(&[0, 0, 0, 1, 0, 1, 0xaf, 0, 0, 1, 0x02, 0x01]).unwrap(),
+            vec![vec![0, 1, 0xaf], vec![0x02, 0x01]]
+        );
+    }
+
+    #[test]
+    fn length_prefixed_ranges_and_truncation() {
+        let data = [0, 0, 0, 2, 0x67, 0x42, 0, 0, 0, 1, 0x68];
+        let ranges: Vec<_> = length_prefixed_ranges(&data).map(Result::unwrap).collect();
+        assert_eq!(ranges, vec![4..6, 10..11]);
+        let cut = &data[..data.len() - 1];
+        assert_eq!(
+            length_prefixed_ranges(cut).find_map(Result::err),
+            Some(MediaError::TruncatedNal {
+                offset: 6,
+                declared: 1,
+                available: 0
+            })
+        );
+        assert_eq!(
+            length_prefixed_ranges(&data[..8]).find_map(Result::err),
+            Some(MediaError::TruncatedLengthPrefix {
+                offset: 6,
+                available: 2
+            })
+        );
+        assert_eq!(
+            length_prefixed_ranges(&[0, 0, 0, 0, 0x67]).next(),
+            Some(Err(MediaError::EmptyNal { offset: 0 }))
+        );
+        assert_eq!(
+            length_prefixed_ranges(&[0xff, 0xff, 0xff, 0xff, 0x67]).next(),
+            Some(Err(MediaError::TruncatedNal {
+                offset: 0,
+                declared: u32::MAX as usize,
+                available: 1
+            }))
+        );
+    }
+
+    #[test]
+    fn conversions_append_and_restore_on_error() {
+        let annexb = [0, 0, 1, 0x67, 0x42, 0, 0, 0, 1, 0x68, 0xce, 0];
+        let mut out = vec![0xaa];
+        annexb_to_length_prefixed(&annexb, &mut out).unwrap();
+        assert_eq!(out, [0xaa, 0, 0, 0, 2, 0x67, 0x42, 0, 0, 0, 2, 0x68, 0xce]);
+        let mut back = vec![0xbb];
+        length_prefixed_to_annexb(&out[1..], &mut back).unwrap();
+        assert_eq!(back, [0xbb, 0, 0, 0, 1, 0x67, 0x42, 0, 0, 0, 1, 0x68, 0xce]);
+
+        let mut out = vec![1, 2, 3];
+        let bad = [0, 0, 1, 0x67, 0, 0, 0, 0, 1, 0x68];
+        assert!(annexb_to_length_prefixed(&bad, &mut out).is_err());
+        assert_eq!(out, [1, 2, 3]);
+        assert!(length_prefixed_to_annexb(&[0, 0, 0, 1, 0x67, 0, 0, 0, 9], &mut out).is_err());
+        assert_eq!(out, [1, 2, 3]);
+    }
+
+    #[test]
+    fn rbsp_removes_emulation_prevention_only() {
+        let cases: [(&[u8], &[u8]); 5] = [
+            (&[0x67, 0, 0, 3, 1, 0x20], &[0x67, 0, 0, 1, 0x20]),
+            (&[0x67, 0, 0, 3, 0, 0, 3, 0], &[0x67, 0, 0, 0, 0, 0]),
+            (&[0x67, 0, 0, 3, 0, 3], &[0x67, 0, 0, 0, 3]),
+            (&[0x67, 0, 3, 0, 0x3], &[0x67, 0, 3, 0, 3]),
+            (&[0, 0, 3], &[0, 0]),
+        ];
+        for (nal, rbsp) in cases {
+            let mut out = vec![0xee];
+            rbsp_from_nal(nal, &mut out);
+            assert_eq!(&out[1..], rbsp, "{nal:02x?}");
+            assert_eq!(out[0], 0xee);
+        }
+    }
+
+    /// Applies emulation prevention as an encoder does: 03 after every 00 00 that is followed by
+    /// a byte ≤ 03, and a final 03 if the NAL would end in 00.
+    fn emulation_prevent(body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(body.len() + body.len() / 2 + 1);
+        let mut zeros = 0;
+        for &b in body {
+            if zeros >= 2 && b <= 3 {
+                out.push(3);
+                zeros = 0;
+            }
+            out.push(b);
+            zeros = if b == 0 { zeros + 1 } else { 0 };
+        }
+        if out.last() == Some(&0) {
+            out.push(3);
+        }
+        out
+    }
+
+    fn nal_body() -> impl Strategy<Value = Vec<u8>> {
+        // Zero-heavy contents so that 00 00 0x sequences are common.
+        prop::collection::vec(
+            prop_oneof![3 => Just(0u8), 1 => Just(1u8), 1 => Just(3u8), 5 => any::<u8>()],
+            1..64,
+        )
+        .prop_map(|body| emulation_prevent(&body))
+    }
+
+    proptest! {
+        #[test]
+        fn annexb_length_prefixed_round_trip(
+            bodies in prop::collection::vec(nal_body(), 1..8),
+            four_byte in prop::collection::vec(any::<bool>(), 8),
+            trailing_zeros in 0usize..6,
+        ) {
+            let mut annexb = Vec::new();
+            for (i, body) in bodies.iter().enumerate() {
+                if four_byte[i] {
+                    annexb.push(0);
+                }
+                annexb.extend_from_slice(&[0, 0, 1]);
+                annexb.extend_from_slice(body);
+            }
+            annexb.resize(annexb.len() + trailing_zeros, 0);
+
+            prop_assert_eq!(nals(&annexb).unwrap(), bodies.clone());
+            let mut length_prefixed = Vec::new();
+            annexb_to_length_prefixed(&annexb, &mut length_prefixed).unwrap();
+            let from_lp: Vec<Vec<u8>> =
+                length_prefixed_ranges(&length_prefixed).map(|r| length_prefixed[r.unwrap()].to_vec()).collect();
+            prop_assert_eq!(&from_lp, &bodies);
+            let mut canonical = Vec::new();
+            length_prefixed_to_annexb(&length_prefixed, &mut canonical).unwrap();
+            prop_assert_eq!(nals(&canonical).unwrap(), bodies.clone());
+            let mut again = Vec::new();
+            annexb_to_length_prefixed(&canonical, &mut again).unwrap();
+            prop_assert_eq!(again, length_prefixed);
+            // RBSP extraction undoes exactly what emulation prevention added.
+            for body in &bodies {
+                let mut rbsp = Vec::new();
+                rbsp_from_nal(body, &mut rbsp);
+                prop_assert!(rbsp.len() <= body.len());
+                prop_assert_eq!(emulation_prevent(&rbsp), body.clone());
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(data in prop::collection::vec(prop_oneof![Just(0u8), Just(1u8), any::<u8>()], 0..200)) {
+            let mut previous_end = 0;
+            let items: Vec<_> = nal_ranges(&data).collect();
+            // At most one error, and only as the last item (the iterator is fused after it).
+            let errors = items.iter().filter(|item| item.is_err()).count();
+            prop_assert!(errors == 0 || (errors == 1 && items.last().is_some_and(Result::is_err)));
+            for range in items.into_iter().flatten() {
+                prop_assert!(range.start >= previous_end + 3 && range.end <= data.len() && !range.is_empty());
+                prop_assert!(data[range.end - 1] != 0);
+                previous_end = range.end;
+            }
+            for range in length_prefixed_ranges(&data).flatten() {
+                prop_assert!(range.end <= data.len() && !range.is_empty());
+            }
+            let mut out = Vec::new();
+            let _ = annexb_to_length_prefixed(&data, &mut out);
+            let _ = length_prefixed_to_annexb(&data, &mut out);
+            rbsp_from_nal(&data, &mut out);
+        }
+    }
+}

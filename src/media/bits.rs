@@ -228,7 +228,7 @@ mod tests {
     #[test]
     fn exp_golomb_codes() {
         // 1 | 010 | 011 | 00100 | 00101 → ue 0, 1, 2, 3, 4 ; then se of the same codes.
-        let bits = "1010011001000010100100110010000101";
+        let bits = "10100110010000101".repeat(2);
         let mut bytes = vec![0u8; bits.len().div_ceil(8)];
         for (i, c) in bits.bytes().enumerate() {
             if c == b'1' {

@@ -388,3 +388,333 @@ fn check_nal_type(
         None => Err(MediaError::EmptyNal { offset }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::annexb::nal_ranges;
+    use crate::media::test_support::hex;
+    use crate::media::test_vectors::H264_CASES;
+    use crate::media::{NalFormat, VideoParameters, annexb};
+
+    /// The first SPS and PPS of an Annex-B buffer.
+    fn parameter_sets(annexb: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let nals: Vec<&[u8]> = nal_ranges(annexb).map(|r| &annexb[r.unwrap()]).collect();
+        let find = |t| {
+            nals.iter()
+                .find(|n| nal_type(n) == Some(t))
+                .unwrap()
+                .to_vec()
+        };
+        (find(NAL_SPS), find(NAL_PPS))
+    }
+
+    #[test]
+    fn nal_types() {
+        assert_eq!(nal_type(&[0x67, 0x42]), Some(NAL_SPS));
+        assert_eq!(nal_type(&[0x68]), Some(NAL_PPS));
+        assert_eq!(nal_type(&[0x65]), Some(NAL_IDR));
+        assert_eq!(nal_type(&[0x41]), Some(NAL_SLICE));
+        assert_eq!(nal_type(&[0x06]), Some(NAL_SEI));
+        assert_eq!(nal_type(&[0x09]), Some(NAL_AUD));
+        assert_eq!(nal_type(&[]), None);
+        assert!(is_vcl(NAL_IDR) && is_vcl(NAL_SLICE) && !is_vcl(NAL_SPS) && !is_vcl(NAL_AUD));
+    }
+
+    /// x264 SPS at many sizes and profiles: the parsed size equals what ffprobe reports.
+    #[test]
+    fn sps_sizes_match_ffprobe() {
+        for case in H264_CASES {
+            let (sps, _) = parameter_sets(&hex(case.parameter_sets));
+            let parsed = Sps::parse(&sps).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            assert_eq!(
+                (parsed.width, parsed.height),
+                (case.width, case.height),
+                "{}",
+                case.name
+            );
+            assert_eq!(parsed.profile_idc, sps[1], "{}", case.name);
+            assert_eq!(parsed.level_idc, sps[3], "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn sps_high_profile_fields() {
+        let by_name = |name: &str| {
+            let case = H264_CASES.iter().find(|c| c.name == name).unwrap();
+            Sps::parse(&parameter_sets(&hex(case.parameter_sets)).0).unwrap()
+        };
+        let yuv444 = by_name("high-4:4:4-Y444-33x17");
+        assert_eq!(
+            (
+                yuv444.profile_idc,
+                yuv444.chroma_format_idc,
+                yuv444.separate_colour_plane_flag
+            ),
+            (244, 3, false)
+        );
+        assert_eq!((yuv444.width, yuv444.height), (33, 17));
+        let yuv422 = by_name("high-4:2:2-Y42B-34x17");
+        assert_eq!((yuv422.profile_idc, yuv422.chroma_format_idc), (122, 2));
+        let high10 = by_name("high10-I420_10LE-320x240");
+        assert_eq!(
+            (
+                high10.profile_idc,
+                high10.bit_depth_luma_minus8,
+                high10.bit_depth_chroma_minus8
+            ),
+            (110, 2, 2)
+        );
+        let baseline = by_name("baseline-I420-854x480");
+        assert_eq!(
+            (
+                baseline.profile_idc,
+                baseline.chroma_format_idc,
+                baseline.frame_mbs_only_flag
+            ),
+            (66, 1, true)
+        );
+        assert_eq!(baseline.constraint_flags, 0xc0);
+    }
+
+    /// Hand-built SPS exercising what x264 never emits here: scaling matrices,
+    /// pic_order_cnt_type 1, interlaced coding and field cropping.
+    #[test]
+    fn sps_scaling_lists_poc_type_1_and_fields() {
+        struct Bits(Vec<bool>);
+        impl Bits {
+            fn u(&mut self, v: u64, n: u32) -> &mut Self {
+                (0..n).rev().for_each(|i| self.0.push(v >> i & 1 == 1));
+                self
+            }
+            fn ue(&mut self, v: u32) -> &mut Self {
+                let code = u64::from(v) + 1;
+                let len = 64 - code.leading_zeros();
+                self.u(0, len - 1).u(code, len)
+            }
+            fn se(&mut self, v: i32) -> &mut Self {
+                self.ue(if v > 0 {
+                    (2 * v - 1) as u32
+                } else {
+                    (-2 * v) as u32
+                })
+            }
+            fn bytes(&self) -> Vec<u8> {
+                let mut out = vec![0u8; self.0.len().div_ceil(8) + 1];
+                for (i, &b) in self.0.iter().enumerate() {
+                    out[i / 8] |= u8::from(b) << (7 - i % 8);
+                }
+                // rbsp_stop_one_bit after the parsed fields.
+                let stop = self.0.len();
+                out[stop / 8] |= 0x80 >> (stop % 8);
+                out
+            }
+        }
+        let mut b = Bits(Vec::new());
+        b.u(0x67, 8).u(100, 8).u(0, 8).u(40, 8).ue(0);
+        b.ue(1).ue(0).ue(0).u(0, 1); // 4:2:0, 8-bit, no bypass
+        b.u(1, 1); // seq_scaling_matrix_present_flag
+        for i in 0..8 {
+            if i == 0 || i == 6 {
+                b.u(1, 1);
+                // A list with a non-trivial delta, then delta -8 making nextScale 0 (stop).
+                b.se(5).se(-13);
+            } else {
+                b.u(0, 1);
+            }
+        }
+        b.ue(0).ue(1); // log2_max_frame_num_minus4, pic_order_cnt_type 1
+        b.u(0, 1).se(-2).se(3).ue(2).se(1).se(-1);
+        b.ue(4).u(0, 1); // max_num_ref_frames, gaps
+        b.ue(119).ue(33); // 120 MBs wide, 34 map units (68 MB rows as fields)
+        b.u(0, 1).u(1, 1).u(1, 1); // frame_mbs_only 0, mbaff 1, direct_8x8 1
+        b.u(1, 1).ue(0).ue(0).ue(0).ue(2); // crop bottom 2 units = 2 * 2 * 2 rows
+        let mut nal = Vec::new();
+        // Emulation prevention, as an encoder would apply it.
+        let mut zeros = 0;
+        for byte in b.bytes() {
+            if zeros >= 2 && byte <= 3 {
+                nal.push(3);
+                zeros = 0;
+            }
+            nal.push(byte);
+            zeros = if byte == 0 { zeros + 1 } else { 0 };
+        }
+        let sps = Sps::parse(&nal).unwrap();
+        assert_eq!((sps.width, sps.height), (1920, 1080));
+        assert_eq!(
+            (sps.pic_order_cnt_type, sps.frame_mbs_only_flag),
+            (1, false)
+        );
+    }
+
+    #[test]
+    fn sps_errors() {
+        assert!(matches!(
+            Sps::parse(&[0x68, 0xce]),
+            Err(MediaError::UnexpectedNalType {
+                expected: "SPS",
+                found: 8,
+                ..
+            })
+        ));
+        assert_eq!(Sps::parse(&[]), Err(MediaError::EmptyNal { offset: 0 }));
+        let case = &H264_CASES[0];
+        let (sps, _) = parameter_sets(&hex(case.parameter_sets));
+        // The fields up to frame cropping end in byte 8 of this SPS; the VUI after them is unread.
+        for cut in 1..8 {
+            assert!(
+                matches!(
+                    Sps::parse(&sps[..cut]),
+                    Err(MediaError::BitstreamEnd {
+                        what: "H.264 SPS",
+                        ..
+                    })
+                ),
+                "{} cut at {cut}",
+                case.name
+            );
+        }
+        // Exp-Golomb run longer than 32 bits where seq_parameter_set_id sits.
+        assert!(matches!(
+            Sps::parse(&[0x67, 0x42, 0xc0, 0x1e, 0, 0, 0, 0, 0x80]),
+            Err(MediaError::InvalidField {
+                field: "seq_parameter_set_id",
+                ..
+            })
+        ));
+    }
+
+    /// The avcC built from x264's SPS/PPS equals h264parse's `codec_data` byte for byte; for
+    /// profiles 100/110/122 it adds the ISO/IEC 14496-15 extension, which GStreamer 1.22 omits
+    /// and which equals the one ffmpeg's mp4 muxer writes.
+    #[test]
+    fn avcc_matches_h264parse_and_ffmpeg() {
+        for case in H264_CASES {
+            let (sps, pps) = parameter_sets(&hex(case.parameter_sets));
+            let record = AvcDecoderConfig::from_parameter_sets(&sps, &pps).unwrap();
+            let gst = hex(case.gst_codec_data);
+            let ffmpeg = hex(case.ffmpeg_avcc);
+            if has_avcc_extension(sps[1]) {
+                assert_eq!(record[..record.len() - 4], gst[..], "{}", case.name);
+                assert_eq!(
+                    record[record.len() - 4..],
+                    ffmpeg[ffmpeg.len() - 4..],
+                    "{}",
+                    case.name
+                );
+            } else {
+                assert_eq!(record, gst, "{}", case.name);
+            }
+            let parsed = AvcDecoderConfig::parse(&record).unwrap();
+            assert_eq!(parsed.sps, vec![Bytes::from(sps.clone())], "{}", case.name);
+            assert_eq!(parsed.pps, vec![Bytes::from(pps.clone())], "{}", case.name);
+            assert_eq!(
+                (parsed.profile_idc, parsed.profile_compat, parsed.level_idc),
+                (sps[1], sps[2], sps[3])
+            );
+            assert_eq!(parsed.nal_length_size, 4);
+            // ffmpeg's record keeps the next start code's zero_byte on the PPS; apart from that
+            // its SPS and PPS are ours.
+            let ffmpeg_parsed = AvcDecoderConfig::parse(&ffmpeg).unwrap();
+            assert_eq!(ffmpeg_parsed.sps, parsed.sps, "{}", case.name);
+            assert!(ffmpeg_parsed.pps[0].starts_with(&pps), "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn video_parameters_from_codec_data_and_parameter_sets() {
+        for case in H264_CASES {
+            let annexb = hex(case.parameter_sets);
+            let gst = hex(case.gst_codec_data);
+            let from_caps = VideoParameters::from_codec_data(Codec::H264, &gst).unwrap();
+            assert_eq!(
+                (from_caps.width, from_caps.height),
+                (case.width, case.height),
+                "{}",
+                case.name
+            );
+            assert_eq!(from_caps.codec_private, gst);
+            let from_frame =
+                VideoParameters::from_key_frame(Codec::H264, NalFormat::AnnexB, &annexb).unwrap();
+            assert_eq!(
+                (from_frame.width, from_frame.height),
+                (case.width, case.height),
+                "{}",
+                case.name
+            );
+            let mut length_prefixed = Vec::new();
+            annexb::annexb_to_length_prefixed(&annexb, &mut length_prefixed).unwrap();
+            let from_lp = VideoParameters::from_key_frame(
+                Codec::H264,
+                NalFormat::LengthPrefixed,
+                &length_prefixed,
+            )
+            .unwrap();
+            assert_eq!(from_lp, from_frame);
+        }
+    }
+
+    #[test]
+    fn avcc_parse_errors() {
+        let gst = hex(H264_CASES[0].gst_codec_data);
+        for cut in 0..gst.len() {
+            assert!(
+                AvcDecoderConfig::parse(&gst[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut version = gst.clone();
+        version[0] = 0;
+        assert!(matches!(
+            AvcDecoderConfig::parse(&version),
+            Err(MediaError::RecordField {
+                field: "configurationVersion",
+                offset: 0,
+                value: 0,
+                ..
+            })
+        ));
+        let mut swapped = gst.clone();
+        swapped[8] = 0x68; // the SPS header byte, now a PPS type
+        assert!(matches!(
+            AvcDecoderConfig::parse(&swapped),
+            Err(MediaError::RecordField { field: "SPS", .. })
+        ));
+        let mut two_byte_lengths = gst.clone();
+        two_byte_lengths[4] = 0xfd;
+        assert_eq!(
+            AvcDecoderConfig::parse(&two_byte_lengths)
+                .unwrap()
+                .nal_length_size,
+            2
+        );
+        assert!(matches!(
+            VideoParameters::from_codec_data(Codec::H264, &two_byte_lengths),
+            Err(MediaError::RecordField {
+                field: "lengthSizeMinusOne",
+                value: 1,
+                ..
+            })
+        ));
+        let (sps, pps) = parameter_sets(&hex(H264_CASES[0].parameter_sets));
+        assert!(matches!(
+            AvcDecoderConfig::from_parameter_sets(&pps, &sps),
+            Err(MediaError::UnexpectedNalType {
+                expected: "SPS",
+                ..
+            })
+        ));
+        assert!(matches!(
+            AvcDecoderConfig::from_parameter_sets(&sps, &sps),
+            Err(MediaError::UnexpectedNalType {
+                expected: "PPS",
+                ..
+            })
+        ));
+        assert!(matches!(
+            AvcDecoderConfig::from_parameter_sets(&sps, &[]),
+            Err(MediaError::EmptyNal { .. })
+        ));
+    }
+}

@@ -391,3 +391,233 @@ impl HevcDecoderConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::annexb::nal_ranges;
+    use crate::media::test_support::hex;
+    use crate::media::test_vectors::H265_CASES;
+    use crate::media::{NalFormat, VideoParameters};
+
+    fn parameter_sets(annexb: &[u8]) -> [Vec<u8>; 3] {
+        let nals: Vec<&[u8]> = nal_ranges(annexb).map(|r| &annexb[r.unwrap()]).collect();
+        let find = |t| {
+            nals.iter()
+                .find(|n| nal_type(n) == Some(t))
+                .unwrap()
+                .to_vec()
+        };
+        [find(NAL_VPS), find(NAL_SPS), find(NAL_PPS)]
+    }
+
+    /// Byte positions of the array headers (array_completeness | NAL_unit_type) in a record.
+    fn array_header_positions(record: &[u8]) -> Vec<usize> {
+        let mut positions = Vec::new();
+        let mut pos = 23;
+        for _ in 0..record[22] {
+            positions.push(pos);
+            let count = u16::from_be_bytes([record[pos + 1], record[pos + 2]]);
+            pos += 3;
+            for _ in 0..count {
+                pos += 2 + usize::from(u16::from_be_bytes([record[pos], record[pos + 1]]));
+            }
+        }
+        assert_eq!(pos, record.len());
+        positions
+    }
+
+    #[test]
+    fn nal_types() {
+        assert_eq!(nal_type(&[0x40, 0x01]), Some(NAL_VPS));
+        assert_eq!(nal_type(&[0x42, 0x01]), Some(NAL_SPS));
+        assert_eq!(nal_type(&[0x44, 0x01]), Some(NAL_PPS));
+        assert_eq!(nal_type(&[0x26, 0x01]), Some(NAL_IDR_W_RADL));
+        assert_eq!(nal_type(&[0x28, 0x01]), Some(NAL_IDR_N_LP));
+        assert_eq!(nal_type(&[0x2a, 0x01]), Some(NAL_CRA));
+        assert_eq!(nal_type(&[0x4e, 0x01]), Some(NAL_PREFIX_SEI));
+        assert_eq!(nal_type(&[0x42]), None);
+        assert!(is_irap(NAL_CRA) && is_irap(NAL_IDR_N_LP) && !is_irap(1) && !is_irap(NAL_VPS));
+        assert!(is_vcl(NAL_IDR_W_RADL) && !is_vcl(NAL_SPS));
+    }
+
+    /// x265 SPS at many sizes (odd ones need the conformance window), 4:4:4 and 10-bit.
+    #[test]
+    fn sps_sizes_match_ffprobe() {
+        for case in H265_CASES {
+            let [_, sps, _] = parameter_sets(&hex(case.parameter_sets));
+            let parsed = HevcSps::parse(&sps).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            assert_eq!(
+                (parsed.width, parsed.height),
+                (case.width, case.height),
+                "{}",
+                case.name
+            );
+        }
+        let by_name = |name: &str| {
+            let case = H265_CASES.iter().find(|c| c.name == name).unwrap();
+            HevcSps::parse(&parameter_sets(&hex(case.parameter_sets))[1]).unwrap()
+        };
+        let main = by_name("I420-1920x1080");
+        assert_eq!(
+            (
+                main.general_profile_space,
+                main.tier_flag,
+                main.profile_idc,
+                main.level_idc
+            ),
+            (0, false, 1, 120)
+        );
+        assert_eq!(main.profile_compatibility_flags, 0x6000_0000);
+        assert_eq!(main.constraint_indicator_flags, 0x9000_0000_0000);
+        assert_eq!((main.chroma_format_idc, main.bit_depth_luma_minus8), (1, 0));
+        assert_eq!(
+            (
+                main.sps_max_sub_layers_minus1,
+                main.temporal_id_nesting_flag
+            ),
+            (0, true)
+        );
+        let yuv444 = by_name("Y444-33x17");
+        assert_eq!(
+            (
+                yuv444.profile_idc,
+                yuv444.chroma_format_idc,
+                yuv444.width,
+                yuv444.height
+            ),
+            (4, 3, 33, 17)
+        );
+        let main10 = by_name("I420_10LE-320x240");
+        assert_eq!(
+            (
+                main10.profile_idc,
+                main10.bit_depth_luma_minus8,
+                main10.bit_depth_chroma_minus8
+            ),
+            (2, 2, 2)
+        );
+    }
+
+    /// Our hvcC equals h265parse's `codec_data` except that we set array_completeness (GStreamer
+    /// leaves it 0), and equals ffmpeg's header and arrays except the zero_byte ffmpeg keeps at the
+    /// end of the PPS.
+    #[test]
+    fn hvcc_matches_h265parse_and_ffmpeg() {
+        for case in H265_CASES {
+            let [vps, sps, pps] = parameter_sets(&hex(case.parameter_sets));
+            let record = hevc_decoder_config(&vps, &sps, &pps).unwrap();
+            let mut gst = hex(case.gst_codec_data);
+            for pos in array_header_positions(&gst) {
+                assert_eq!(gst[pos] & 0x80, 0);
+                gst[pos] |= 0x80;
+            }
+            assert_eq!(record, gst, "{}", case.name);
+            let ffmpeg = hex(case.ffmpeg_hvcc);
+            assert_eq!(record[..23], ffmpeg[..23], "{}", case.name);
+            let parsed = HevcDecoderConfig::parse(&record).unwrap();
+            let ffmpeg_parsed = HevcDecoderConfig::parse(&ffmpeg).unwrap();
+            assert_eq!(
+                (&ffmpeg_parsed.vps, &ffmpeg_parsed.sps),
+                (&parsed.vps, &parsed.sps),
+                "{}",
+                case.name
+            );
+            assert_eq!(
+                ffmpeg_parsed.pps[0][..],
+                [&pps[..], &[0]].concat()[..],
+                "{}",
+                case.name
+            );
+            assert_eq!(
+                (parsed.vps.len(), parsed.sps.len(), parsed.pps.len()),
+                (1, 1, 1)
+            );
+            assert_eq!(
+                (&parsed.vps[0][..], &parsed.sps[0][..], &parsed.pps[0][..]),
+                (&vps[..], &sps[..], &pps[..])
+            );
+            assert_eq!(parsed.nal_length_size, 4);
+
+            let from_caps = VideoParameters::from_codec_data(Codec::H265, &record).unwrap();
+            assert_eq!(
+                (from_caps.width, from_caps.height),
+                (case.width, case.height)
+            );
+            let from_frame = VideoParameters::from_key_frame(
+                Codec::H265,
+                NalFormat::AnnexB,
+                &hex(case.parameter_sets),
+            )
+            .unwrap();
+            assert_eq!(from_frame, from_caps, "{}", case.name);
+        }
+    }
+
+    #[test]
+    fn errors() {
+        let [vps, sps, pps] = parameter_sets(&hex(H265_CASES[0].parameter_sets));
+        assert!(matches!(
+            hevc_decoder_config(&sps, &sps, &pps),
+            Err(MediaError::UnexpectedNalType {
+                expected: "VPS",
+                found: 33,
+                ..
+            })
+        ));
+        assert!(matches!(
+            hevc_decoder_config(&vps, &pps, &pps),
+            Err(MediaError::UnexpectedNalType {
+                expected: "SPS",
+                found: 34,
+                ..
+            })
+        ));
+        assert!(matches!(
+            hevc_decoder_config(&vps, &sps, &vps),
+            Err(MediaError::UnexpectedNalType { .. })
+        ));
+        // Parsing stops after the bit depths: every cut before them fails for lack of data, every
+        // cut after them gives the full result.
+        let full = HevcSps::parse(&sps).unwrap();
+        let needed = (0..sps.len())
+            .find(|&cut| HevcSps::parse(&sps[..cut]).is_ok())
+            .unwrap();
+        assert!(
+            needed > 17,
+            "profile_tier_level alone ends at byte 15; parsed from {needed} bytes"
+        );
+        for cut in 0..needed {
+            assert!(matches!(
+                HevcSps::parse(&sps[..cut]),
+                Err(MediaError::BitstreamEnd {
+                    what: "H.265 SPS",
+                    ..
+                })
+            ));
+        }
+        for cut in needed..sps.len() {
+            assert_eq!(HevcSps::parse(&sps[..cut]).unwrap(), full);
+        }
+        let record = hevc_decoder_config(&vps, &sps, &pps).unwrap();
+        for cut in 0..record.len() {
+            assert!(
+                HevcDecoderConfig::parse(&record[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut mismatched = record.clone();
+        mismatched[23] = 0x80 | NAL_SPS; // VPS array now claims SPS
+        assert!(matches!(
+            HevcDecoderConfig::parse(&mismatched),
+            Err(MediaError::RecordField { offset: 28, .. })
+        ));
+        let mut no_vps = record.clone();
+        no_vps[23] = 0x80 | NAL_PREFIX_SEI;
+        no_vps[28] = NAL_PREFIX_SEI << 1;
+        assert!(matches!(
+            VideoParameters::from_codec_data(Codec::H265, &no_vps),
+            Err(MediaError::MissingParameterSet { kind: "VPS", .. })
+        ));
+    }
+}

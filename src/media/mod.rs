@@ -340,3 +340,230 @@ impl VideoParameters {
         })
     }
 }
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// Decodes a hex string from the test vectors.
+    pub(crate) fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const H264_KEY_FRAME: &[u8] =
+        include_bytes!("../../tests/fixtures/media/h264-baseline-896x504-key.h264");
+    const H265_KEY_FRAME: &[u8] =
+        include_bytes!("../../tests/fixtures/media/h265-main-320x240-key.h265");
+
+    fn sps_range(codec: Codec, frame: &[u8]) -> std::ops::Range<usize> {
+        annexb::nal_ranges(frame)
+            .map(Result::unwrap)
+            .find(|r| match codec {
+                Codec::H264 => h264::nal_type(&frame[r.clone()]) == Some(h264::NAL_SPS),
+                _ => h265::nal_type(&frame[r.clone()]) == Some(h265::NAL_SPS),
+            })
+            .unwrap()
+    }
+
+    fn nal_types(codec: Codec, frame: &[u8]) -> Vec<u8> {
+        annexb::nal_ranges(frame)
+            .map(|r| {
+                let nal = &frame[r.unwrap()];
+                match codec {
+                    Codec::H264 => h264::nal_type(nal).unwrap(),
+                    _ => h265::nal_type(nal).unwrap(),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn h264_key_frame_from_x264() {
+        assert_eq!(
+            nal_types(Codec::H264, H264_KEY_FRAME),
+            [
+                h264::NAL_AUD,
+                h264::NAL_SPS,
+                h264::NAL_PPS,
+                h264::NAL_SEI,
+                h264::NAL_IDR
+            ]
+        );
+        let params =
+            VideoParameters::from_key_frame(Codec::H264, NalFormat::AnnexB, H264_KEY_FRAME)
+                .unwrap();
+        assert_eq!((params.width, params.height), (896, 504));
+        let record = h264::AvcDecoderConfig::parse(&params.codec_private).unwrap();
+        assert_eq!(
+            record.sps[0][..],
+            H264_KEY_FRAME[sps_range(Codec::H264, H264_KEY_FRAME)]
+        );
+        assert_eq!(record.nal_length_size, 4);
+
+        let mut length_prefixed = Vec::new();
+        annexb::annexb_to_length_prefixed(H264_KEY_FRAME, &mut length_prefixed).unwrap();
+        assert_eq!(
+            VideoParameters::from_key_frame(
+                Codec::H264,
+                NalFormat::LengthPrefixed,
+                &length_prefixed
+            )
+            .unwrap(),
+            params
+        );
+        assert_eq!(
+            VideoParameters::from_codec_data(Codec::H264, &params.codec_private).unwrap(),
+            params
+        );
+    }
+
+    #[test]
+    fn h265_key_frame_from_x265() {
+        assert_eq!(
+            nal_types(Codec::H265, H265_KEY_FRAME),
+            [
+                h265::NAL_VPS,
+                h265::NAL_SPS,
+                h265::NAL_PPS,
+                h265::NAL_PREFIX_SEI,
+                h265::NAL_IDR_N_LP
+            ]
+        );
+        let params =
+            VideoParameters::from_key_frame(Codec::H265, NalFormat::AnnexB, H265_KEY_FRAME)
+                .unwrap();
+        assert_eq!((params.width, params.height), (320, 240));
+        assert_eq!(
+            VideoParameters::from_codec_data(Codec::H265, &params.codec_private).unwrap(),
+            params
+        );
+    }
+
+    #[test]
+    fn key_frame_without_parameter_sets_errors() {
+        // The IDR slice alone (what an encoder sends when it repeats no headers).
+        let idr_start = annexb::nal_ranges(H264_KEY_FRAME)
+            .map(Result::unwrap)
+            .last()
+            .unwrap()
+            .start;
+        let slice_only = &H264_KEY_FRAME[idr_start - 4..];
+        assert_eq!(
+            VideoParameters::from_key_frame(Codec::H264, NalFormat::AnnexB, slice_only),
+            Err(MediaError::MissingParameterSet {
+                codec: Codec::H264,
+                kind: "SPS",
+                source_name: "key frame"
+            })
+        );
+        // SPS present, PPS missing.
+        let mut no_pps = Vec::new();
+        for range in annexb::nal_ranges(H264_KEY_FRAME).map(Result::unwrap) {
+            if h264::nal_type(&H264_KEY_FRAME[range.clone()]) != Some(h264::NAL_PPS) {
+                no_pps.extend_from_slice(&[0, 0, 0, 1]);
+                no_pps.extend_from_slice(&H264_KEY_FRAME[range]);
+            }
+        }
+        assert!(matches!(
+            VideoParameters::from_key_frame(Codec::H264, NalFormat::AnnexB, &no_pps),
+            Err(MediaError::MissingParameterSet { kind: "PPS", .. })
+        ));
+        // Parameter sets after the first slice do not count (as in the KVS producer).
+        let mut late = slice_only.to_vec();
+        late.extend_from_slice(&H264_KEY_FRAME[..idr_start - 4]);
+        assert!(matches!(
+            VideoParameters::from_key_frame(Codec::H264, NalFormat::AnnexB, &late),
+            Err(MediaError::MissingParameterSet { kind: "SPS", .. })
+        ));
+        // H.265 frame without its VPS.
+        let vps_end = annexb::nal_ranges(H265_KEY_FRAME)
+            .next()
+            .unwrap()
+            .unwrap()
+            .end;
+        assert!(matches!(
+            VideoParameters::from_key_frame(
+                Codec::H265,
+                NalFormat::AnnexB,
+                &H265_KEY_FRAME[vps_end..]
+            ),
+            Err(MediaError::MissingParameterSet { kind: "VPS", .. })
+        ));
+        // Framing errors surface as such; Annex-B data read as length-prefixed fails cleanly.
+        assert!(matches!(
+            VideoParameters::from_key_frame(Codec::H264, NalFormat::LengthPrefixed, H264_KEY_FRAME),
+            Err(MediaError::TruncatedNal { offset: 5, .. })
+        ));
+        assert_eq!(
+            VideoParameters::from_key_frame(Codec::Aac, NalFormat::AnnexB, H264_KEY_FRAME),
+            Err(MediaError::NotVideo { codec: Codec::Aac })
+        );
+        assert_eq!(
+            VideoParameters::from_codec_data(Codec::Aac, &[0x11, 0x90]),
+            Err(MediaError::NotVideo { codec: Codec::Aac })
+        );
+        // An H.264 record offered as H.265.
+        let avcc = VideoParameters::from_key_frame(Codec::H264, NalFormat::AnnexB, H264_KEY_FRAME)
+            .unwrap();
+        assert!(VideoParameters::from_codec_data(Codec::H265, &avcc.codec_private).is_err());
+    }
+
+    #[test]
+    fn error_messages_name_the_problem_and_where() {
+        let message = annexb::nal_ranges(&[0, 0, 1, 0x67, 0, 0, 0, 0, 1])
+            .find_map(Result::err)
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            message,
+            "4 zero bytes before the start code at byte offset 4; at most 3 are allowed"
+        );
+        let message = h264::Sps::parse(&[0x67, 0x64]).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "H.264 SPS: data ends at bit 16 while reading constraint_set_flags"
+        );
+    }
+
+    proptest! {
+        /// Parsers given arbitrary bytes (behind a plausible header) return Ok or Err, never panic.
+        #[test]
+        fn parsers_never_panic(tail in prop::collection::vec(any::<u8>(), 0..64), head in 0usize..4) {
+            let headers: [&[u8]; 4] = [&[0x67], &[0x42, 0x01], &[0x01], &[0x01, 0x01]];
+            let data = [headers[head], &tail[..]].concat();
+            let _ = h264::Sps::parse(&data);
+            let _ = h265::HevcSps::parse(&data);
+            let _ = h264::AvcDecoderConfig::parse(&data);
+            let _ = h265::HevcDecoderConfig::parse(&data);
+            let _ = h264::AvcDecoderConfig::from_parameter_sets(&data, &data);
+            let _ = h265::hevc_decoder_config(&data, &data, &data);
+            let _ = aac::AudioSpecificConfig::parse(&data);
+            for codec in [Codec::H264, Codec::H265] {
+                let _ = VideoParameters::from_codec_data(codec, &data);
+                for format in [NalFormat::AnnexB, NalFormat::LengthPrefixed] {
+                    let _ = VideoParameters::from_key_frame(codec, format, &data);
+                }
+            }
+        }
+
+        /// Corrupting one byte of a real SPS yields a result or an error, never a panic.
+        #[test]
+        fn corrupted_real_sps_never_panics(at in 1usize..40, value in any::<u8>()) {
+            for codec in [Codec::H264, Codec::H265] {
+                let frame = if codec == Codec::H264 { H264_KEY_FRAME } else { H265_KEY_FRAME };
+                let mut corrupted = frame[..frame.len().min(200)].to_vec();
+                if let Some(byte) = corrupted.get_mut(sps_range(codec, frame).start + at) {
+                    *byte = value;
+                }
+                let _ = VideoParameters::from_key_frame(codec, NalFormat::AnnexB, &corrupted);
+            }
+        }
+    }
+}
