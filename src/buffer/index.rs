@@ -771,7 +771,15 @@ impl State {
     pub fn take_disk_work(&mut self) -> Option<DiskWork> {
         let mut work = DiskWork::default();
         if !self.disk.blocked {
-            while let Some(id) = self.disk.queue.pop_front() {
+            // Batches stay small next to the budget, so the room for each is made by evicting
+            // what earlier batches wrote, oldest first, never the batch itself.
+            let batch_limit = self.disk.budget / 4;
+            let mut batch_bytes = 0u64;
+            while let Some(&id) = self.disk.queue.front() {
+                if batch_bytes > 0 && batch_bytes >= batch_limit {
+                    break;
+                }
+                self.disk.queue.pop_front();
                 let Some(idx) = self.index_of(id) else { continue };
                 let Some(entry) = self.entries.get_mut(idx) else { continue };
                 let Some(mem) = entry.mem.as_ref().filter(|_| entry.disk == DiskSlot::Queued) else {
@@ -793,6 +801,7 @@ impl State {
                     last_pts_ns: entry.last_pts_ns,
                     chunks: mem.chunks().to_vec(),
                 });
+                batch_bytes += record_len + header_len;
                 entry.disk = DiskSlot::Writing;
             }
             self.make_disk_room(&mut work);

@@ -36,7 +36,8 @@
 //!    resend it.
 //! 2. The partly-sent fragment is never evicted and never removed under the reader; it keeps its
 //!    memory copy. Eviction takes the oldest whole fragment other than it.
-//! 3. Fragment ids grow by one per fragment and never repeat, across restarts too.
+//! 3. Fragment ids grow by one per fragment. After a restart they continue above the highest
+//!    id on disk, so an id that reached disk is never given to another fragment.
 //! 4. Memory: when over budget, memory copies of the oldest closed fragments that are on disk
 //!    are dropped first (reads then come from disk), except the partly-sent fragment and the
 //!    next [`READAHEAD_FRAGMENTS`](index::READAHEAD_FRAGMENTS) the reader will read. Closed

@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A fragment's id: assigned at `fragment_start`, +1 per fragment, never reused, monotonic across
-/// restarts of the same log directory.
+/// A fragment's id: assigned at `fragment_start`, +1 per fragment. After a restart ids continue
+/// above the highest one on disk (only an id that never reached disk, such as that of the
+/// fragment open at a crash, can be given again).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FragmentId(pub u64);
 
