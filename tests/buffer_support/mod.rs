@@ -177,3 +177,37 @@ pub fn snapshot_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+/// A `MuxSink` that just keeps the fragment bytes: the expected content of a fragment.
+#[derive(Debug, Default)]
+pub struct Recorder(pub Vec<u8>);
+
+impl MuxSink for Recorder {
+    fn stream_header(&mut self, _header: &Bytes) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn fragment_start(&mut self, _start: &FragmentStart) -> std::io::Result<()> {
+        self.0.clear();
+        Ok(())
+    }
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.extend_from_slice(bytes);
+        Ok(())
+    }
+    fn write_payload(&mut self, payload: &Bytes) -> std::io::Result<()> {
+        self.0.extend_from_slice(payload);
+        Ok(())
+    }
+    fn fragment_end(&mut self, _end: &FragmentEnd) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn stream_end(&mut self, _trailer: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The bytes `write_fragment(_, seq, frames, frame_len)` produces.
+pub fn expected_fragment(seq: u64, frames: usize, frame_len: usize) -> Vec<u8> {
+    let mut recorder = Recorder::default();
+    write_fragment(&mut recorder, seq, frames, frame_len)
+}
