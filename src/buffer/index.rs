@@ -1061,3 +1061,181 @@ impl State {
         self.next_fragment_id
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk_state(memory: u64, disk_budget: u64) -> State {
+        State::new(memory, Some(State::disk_book(disk_budget, BTreeMap::new())))
+    }
+
+    /// Adds a closed fragment of `len` bytes to the log.
+    fn add(state: &mut State, session: &Arc<StreamSession>, len: usize) -> FragmentId {
+        let tc = state.next_fragment_id().0 * 2000;
+        let id = state.begin_fragment(session.clone(), tc, tc * 1_000_000);
+        let mut pending = BytesMut::new();
+        assert!(state.append(id, &mut pending, Some(&Bytes::from(vec![id.0 as u8; len]))));
+        assert!(state.close_fragment(id, &mut pending, tc * 1_000_000, tc * 1_000_000 + 1));
+        id
+    }
+
+    /// Pretends the disk thread wrote every planned fragment into `segment`.
+    fn write_all(state: &mut State, segment: SegmentId, segment_len: &mut u64) -> DiskWork {
+        let work = state.take_disk_work().unwrap_or_default();
+        let mut outcome = DiskOutcome { active: Some(segment), ..DiskOutcome::default() };
+        for job in &work.writes {
+            let offset = *segment_len;
+            *segment_len += 56 + job.chunks.iter().map(|c| c.len() as u64).sum::<u64>();
+            outcome.written.push((job.id, Location { segment, offset }));
+        }
+        outcome.segment_bytes.insert(segment, *segment_len);
+        outcome.deleted = work.deletions.clone();
+        state.apply_disk_outcome(outcome);
+        work
+    }
+
+    fn ids(state: &State) -> Vec<u64> {
+        state.fragments().iter().map(|f| f.id.0).collect()
+    }
+
+    #[test]
+    fn a_final_ack_on_the_partly_sent_fragment_waits_until_the_reader_leaves_it() {
+        let mut st = State::new(1 << 20, None);
+        let session = st.new_session(Bytes::from_static(b"hdr"), 0);
+        let a = add(&mut st, &session, 10);
+        add(&mut st, &session, 10);
+        assert!(matches!(st.next_chunk().0, ReadResult::Session(_)));
+        assert!(matches!(st.next_chunk().0, ReadResult::FragmentStart(m) if m.id == a));
+        assert_eq!(st.ack(session.id, 0, AckKind::Persisted), Some(a));
+        assert_eq!(st.fragments()[0].state, FragmentState::Done(DoneKind::Persisted));
+        // The rest of its bytes still go out, then it is gone.
+        assert!(matches!(st.next_chunk().0, ReadResult::Chunk(c) if c.len() == 10));
+        assert_eq!(st.next_chunk().0, ReadResult::FragmentEnd(a));
+        assert_eq!(ids(&st), vec![1]);
+        // A rewind does not bring it back.
+        st.rewind();
+        assert!(matches!(st.next_chunk().0, ReadResult::Session(_)));
+        assert!(matches!(st.next_chunk().0, ReadResult::FragmentStart(m) if m.id == FragmentId(1)));
+    }
+
+    #[test]
+    fn a_skip_during_a_rewind_is_applied_at_once() {
+        let mut st = State::new(1 << 20, None);
+        let session = st.new_session(Bytes::from_static(b"hdr"), 0);
+        add(&mut st, &session, 10);
+        add(&mut st, &session, 10);
+        let _ = st.next_chunk();
+        let _ = st.next_chunk(); // fragment 0 partly sent
+        st.rewind();
+        assert_eq!(st.skip(session.id, 0, 4006), Some(FragmentId(0)));
+        assert_eq!(ids(&st), vec![1]);
+        assert_eq!(st.stats().fragments_skipped, 1);
+    }
+
+    #[test]
+    fn disk_room_evicts_the_oldest_segment_but_not_the_partly_sent_fragment() {
+        let mut st = disk_state(1 << 20, 1000);
+        let session = st.new_session(Bytes::from_static(b"hdr"), 0);
+        let mut seg0 = 0;
+        let a = add(&mut st, &session, 300);
+        assert_eq!(write_all(&mut st, 0, &mut seg0).writes.len(), 1);
+        let b = add(&mut st, &session, 300);
+        assert_eq!(write_all(&mut st, 0, &mut seg0).writes.len(), 1);
+        // The reader is inside fragment a.
+        assert!(matches!(st.next_chunk().0, ReadResult::Session(_)));
+        assert!(matches!(st.next_chunk().0, ReadResult::FragmentStart(m) if m.id == a));
+        let c = add(&mut st, &session, 300);
+        let work = st.take_disk_work().unwrap_or_default();
+        assert_eq!(work.deletions, vec![0], "segment 0 goes whole");
+        assert!(work.rotate, "it was the active segment");
+        assert_eq!(work.writes.iter().map(|w| w.id).collect::<Vec<_>>(), vec![c]);
+        assert!(work.done_records.is_empty(), "no ACK records for a segment being deleted");
+        let infos = st.fragments();
+        assert_eq!(infos.iter().map(|f| f.id).collect::<Vec<_>>(), vec![a, c], "b evicted, a spared");
+        assert!(!infos[0].on_disk && infos[0].in_memory);
+        assert_eq!(st.stats().fragments_evicted, 1);
+        let _ = b;
+    }
+
+    #[test]
+    fn a_fragment_removed_while_being_written_gets_an_ack_record_once_written() {
+        let mut st = disk_state(1 << 20, 1 << 20);
+        let session = st.new_session(Bytes::from_static(b"hdr"), 0);
+        let a = add(&mut st, &session, 100);
+        let work = st.take_disk_work().unwrap_or_default();
+        assert_eq!(work.writes.len(), 1);
+        // The ACK arrives while the disk thread writes it.
+        st.ack(session.id, 0, AckKind::Persisted);
+        let outcome = DiskOutcome {
+            written: vec![(a, Location { segment: 0, offset: 0 })],
+            segment_bytes: BTreeMap::from([(0, 156)]),
+            active: Some(0),
+            ..DiskOutcome::default()
+        };
+        st.apply_disk_outcome(outcome);
+        let work = st.take_disk_work().unwrap_or_default();
+        assert_eq!(work.done_records, vec![(0, AckRecord { fragment_id: a.0, kind: DoneKind::Persisted })]);
+        assert_eq!(st.disk.segments.get(&0).map(|b| b.live), Some(0));
+    }
+
+    #[test]
+    fn failed_writes_wait_for_the_next_close_and_keep_their_order() {
+        let mut st = disk_state(1 << 20, 1 << 20);
+        let session = st.new_session(Bytes::from_static(b"hdr"), 0);
+        let a = add(&mut st, &session, 100);
+        let work = st.take_disk_work().unwrap_or_default();
+        st.apply_disk_outcome(DiskOutcome {
+            failed: Some((work.writes.iter().map(|w| w.id).collect(), "ENOSPC".into())),
+            ..DiskOutcome::default()
+        });
+        assert!(st.take_disk_work().is_none(), "blocked until the next close");
+        assert_eq!(st.stats().fragments_not_durable, 1);
+        assert_eq!(st.disk_settled(), Some(Err("ENOSPC".into())));
+        let b = add(&mut st, &session, 100);
+        let work = st.take_disk_work().unwrap_or_default();
+        assert_eq!(work.writes.iter().map(|w| w.id).collect::<Vec<_>>(), vec![a, b]);
+    }
+
+    #[test]
+    fn memory_spill_keeps_the_partly_sent_fragment_and_the_readahead() {
+        let mut st = disk_state(250, 1 << 20);
+        let session = st.new_session(Bytes::from_static(b"hdr"), 0);
+        let mut seg = 0;
+        add(&mut st, &session, 100);
+        assert!(matches!(st.next_chunk().0, ReadResult::Session(_)));
+        assert!(matches!(st.next_chunk().0, ReadResult::FragmentStart(_)));
+        assert!(matches!(st.next_chunk().0, ReadResult::Chunk(_)));
+        for _ in 0..4 {
+            add(&mut st, &session, 100);
+            write_all(&mut st, 0, &mut seg);
+        }
+        // Reader inside fragment 0, which with 1 is the readahead window; the rest spills.
+        let in_memory: Vec<bool> = st.fragments().iter().map(|f| f.in_memory).collect();
+        assert_eq!(in_memory, vec![true, true, false, false, false]);
+        assert!(st.fragments().iter().all(|f| f.on_disk));
+        assert_eq!(st.stats().bytes_in_memory, 200);
+        assert_eq!(st.stats().memory_copies_dropped, 3);
+    }
+
+    #[test]
+    fn without_a_disk_tier_memory_pressure_evicts_oldest_first() {
+        let mut st = State::new(250, None);
+        let session = st.new_session(Bytes::from_static(b"hdr"), 0);
+        for _ in 0..5 {
+            add(&mut st, &session, 100);
+        }
+        assert_eq!(ids(&st), vec![3, 4]);
+        assert_eq!(st.stats().fragments_evicted, 3);
+    }
+
+    #[test]
+    fn warnings_are_rate_limited_with_a_count_of_the_suppressed() {
+        let mut warn = RateLimitedWarn::default();
+        assert_eq!(warn.allow(), Some(0));
+        assert_eq!(warn.allow(), None);
+        assert_eq!(warn.allow(), None);
+        warn.last = Instant::now().checked_sub(WARN_INTERVAL);
+        assert_eq!(warn.allow(), Some(2));
+    }
+}

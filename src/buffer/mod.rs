@@ -349,3 +349,104 @@ fn validate_stream_name(name: &str) -> Result<(), BufferError> {
         None => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mkv::{FragmentEnd, FragmentStart, MuxSink};
+    use bytes::Bytes;
+
+    fn write_fragment(w: &mut FragmentWriter, seq: u64, len: usize) -> Vec<u8> {
+        let pts = 1_000_000_000 * (seq + 1);
+        let start = FragmentStart { sequence: seq, timecode_ms: pts / 1_000_000, pts_ns: pts };
+        let payload = Bytes::from(vec![seq as u8 ^ 0x5a; len]);
+        let mut bytes = b"CLUSTER".to_vec();
+        bytes.extend_from_slice(&payload);
+        let end = FragmentEnd {
+            sequence: seq,
+            timecode_ms: pts / 1_000_000,
+            frames: 1,
+            bytes: bytes.len() as u64,
+            first_pts_ns: pts,
+            last_pts_ns: pts,
+            tracks_present: 1,
+        };
+        let written = w
+            .fragment_start(&start)
+            .and_then(|()| w.write(b"CLUSTER"))
+            .and_then(|()| w.write_payload(&payload))
+            .and_then(|()| w.fragment_end(&end));
+        assert!(written.is_ok(), "{written:?}");
+        bytes
+    }
+
+    fn read_all(r: &mut FragmentReader) -> Vec<Vec<u8>> {
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            match r.next_chunk() {
+                ReadResult::FragmentStart(_) => out.push(Vec::new()),
+                ReadResult::Chunk(c) => out.last_mut().into_iter().for_each(|f| f.extend_from_slice(&c)),
+                ReadResult::Finished => break,
+                ReadResult::Pending => std::thread::sleep(Duration::from_millis(1)),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn enospc_keeps_fragments_in_memory_and_retries_at_the_next_close() {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string());
+        let Ok(dir) = dir else { panic!("{dir:?}") };
+        let budgets = Budgets { memory_bytes: 1 << 20, disk_bytes: 8 << 20, fsync: true };
+        let written = {
+            let Ok((mut w, mut r, _)) = FragmentLog::open(dir.path(), budgets, "cam") else { panic!("open") };
+            assert!(w.stream_header(&Bytes::from_static(b"HEADER")).is_ok());
+            w.inject_write_errors(2);
+            let mut written = vec![write_fragment(&mut w, 0, 3000)];
+            assert!(matches!(w.sync(), Err(BufferError::NotDurable { fragments: 1, .. })));
+            let stats = w.stats();
+            assert_eq!((stats.disk_errors, stats.fragments_not_durable), (1, 1));
+            assert!(stats.last_disk_error.is_some_and(|e| e.contains("os error 28") && e.contains(".seg")));
+            written.push(write_fragment(&mut w, 1, 3000));
+            assert!(matches!(w.sync(), Err(BufferError::NotDurable { fragments: 2, .. })));
+            // The disk has room again: the next close writes all three, in order.
+            written.push(write_fragment(&mut w, 2, 3000));
+            assert!(w.sync().is_ok());
+            assert_eq!(w.stats().fragments_not_durable, 0);
+            drop(w);
+            assert_eq!(read_all(&mut r), written);
+            written
+        };
+        let Ok((w, mut r, report)) = FragmentLog::open(dir.path(), budgets, "cam") else { panic!("reopen") };
+        drop(w);
+        assert!(report.damage.is_empty(), "half-written records were cut off: {:?}", report.damage);
+        assert_eq!(report.fragments_recovered, 3);
+        assert_eq!(read_all(&mut r), written);
+    }
+
+    #[test]
+    fn without_a_disk_budget_nothing_touches_the_directory() {
+        let Ok(dir) = tempfile::tempdir() else { panic!("tempdir") };
+        let budgets = Budgets { memory_bytes: 1 << 20, disk_bytes: 0, fsync: true };
+        let Ok((mut w, mut r, report)) = FragmentLog::open(dir.path(), budgets, "cam") else { panic!("open") };
+        assert!(!dir.path().join("cam").exists());
+        assert_eq!(report.fragments_recovered, 0);
+        assert!(w.stream_header(&Bytes::from_static(b"HEADER")).is_ok());
+        let written = vec![write_fragment(&mut w, 0, 100)];
+        assert!(w.sync().is_ok());
+        drop(w);
+        assert_eq!(read_all(&mut r), written);
+    }
+
+    #[test]
+    fn stream_names_follow_the_kvs_rules() {
+        for ok in ["a", "front-door", "cam_1.main", &"x".repeat(256)] {
+            assert!(validate_stream_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "caméra", "a b", &"x".repeat(257)] {
+            assert!(matches!(validate_stream_name(bad), Err(BufferError::InvalidStreamName { .. })), "{bad}");
+        }
+    }
+}
