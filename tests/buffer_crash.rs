@@ -26,17 +26,25 @@ fn child_command(mode: &str, dir: &std::path::Path) -> Command {
         // ignored signal stays ignored across exec.
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
-            .arg(format!("trap '' XFSZ; exec prlimit --fsize={FILE_LIMIT} -- \"$0\" \"$@\""))
+            .arg(format!(
+                "trap '' XFSZ; exec prlimit --fsize={FILE_LIMIT} -- \"$0\" \"$@\""
+            ))
             .arg(exe);
         cmd
     } else {
         Command::new(exe)
     };
-    cmd.args(["--exact", "child_process_entry", "--ignored", "--nocapture", "--test-threads=1"])
-        .env(CHILD_DIR, dir)
-        .env(CHILD_MODE, mode)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+    cmd.args([
+        "--exact",
+        "child_process_entry",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CHILD_DIR, dir)
+    .env(CHILD_MODE, mode)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
     cmd
 }
 
@@ -45,12 +53,18 @@ fn child_command(mode: &str, dir: &std::path::Path) -> Command {
 #[test]
 #[ignore = "child process of the crash tests"]
 fn child_process_entry() {
-    let (Some(dir), Some(mode)) = (std::env::var_os(CHILD_DIR), std::env::var(CHILD_MODE).ok()) else {
+    let (Some(dir), Some(mode)) = (std::env::var_os(CHILD_DIR), std::env::var(CHILD_MODE).ok())
+    else {
         return;
     };
-    let budgets = Budgets { memory_bytes: 64 << 20, disk_bytes: 256 << 20, fsync: true };
+    let budgets = Budgets {
+        memory_bytes: 64 << 20,
+        disk_bytes: 256 << 20,
+        fsync: true,
+    };
     let (mut w, mut r, _) = FragmentLog::open(&dir, budgets, STREAM).unwrap();
-    w.stream_header(&stream_header(9)).unwrap_or_else(|e| panic!("{e}"));
+    w.stream_header(&stream_header(9))
+        .unwrap_or_else(|e| panic!("{e}"));
     match mode.as_str() {
         "sigkill" => {
             // Fragments are written a frame at a time (the kill usually lands inside one) and
@@ -68,7 +82,9 @@ fn child_process_entry() {
                 println!("durable {seq}");
                 if seq == 2 {
                     let events = collect(&mut r, 2, Duration::from_secs(5));
-                    let Some(Event::Session(s)) = events.first() else { panic!("no session: {events:?}") };
+                    let Some(Event::Session(s)) = events.first() else {
+                        panic!("no session: {events:?}")
+                    };
                     r.ack(s.id(), timecode_ms(0), AckKind::Persisted).unwrap();
                     r.ack(s.id(), timecode_ms(1), AckKind::Persisted).unwrap();
                     w.sync().unwrap();
@@ -125,12 +141,20 @@ fn sigkill_mid_stream_loses_at_most_the_open_fragment() {
     let durable = durable.expect("child reported durable fragments");
     assert!(acked, "child acknowledged fragments 0 and 1");
 
-    let budgets = Budgets { memory_bytes: 64 << 20, disk_bytes: 256 << 20, fsync: true };
+    let budgets = Budgets {
+        memory_bytes: 64 << 20,
+        disk_bytes: 256 << 20,
+        fsync: true,
+    };
     let (w, mut r, report) = FragmentLog::open(dir.path(), budgets, STREAM).unwrap();
     drop(w);
     for damage in &report.damage {
         // Only a record cut short by the kill, at the end of the last segment.
-        assert_eq!(damage.action, kinesis_edge::buffer::DamageAction::Truncated, "{damage}");
+        assert_eq!(
+            damage.action,
+            kinesis_edge::buffer::DamageAction::Truncated,
+            "{damage}"
+        );
     }
     let events = collect(&mut r, usize::MAX, Duration::from_secs(5));
     assert!(matches!(events.first(), Some(Event::Session(s)) if s.header() == &stream_header(9)));
@@ -139,10 +163,17 @@ fn sigkill_mid_stream_loses_at_most_the_open_fragment() {
     // Every durable fragment but the acknowledged ones; possibly one more that closed after the
     // last report; never the one cut off by the kill.
     let expected: Vec<u64> = (2..=durable).collect();
-    assert!(ids.len() == expected.len() || ids.len() == expected.len() + 1, "recovered {ids:?}, durable up to {durable}");
+    assert!(
+        ids.len() == expected.len() || ids.len() == expected.len() + 1,
+        "recovered {ids:?}, durable up to {durable}"
+    );
     assert_eq!(&ids[..expected.len()], &expected[..]);
     for (id, bytes) in &got {
-        assert_eq!(bytes, &expected_fragment(*id, FRAMES, FRAME_LEN), "fragment {id}");
+        assert_eq!(
+            bytes,
+            &expected_fragment(*id, FRAMES, FRAME_LEN),
+            "fragment {id}"
+        );
     }
     assert_eq!(events.last(), Some(&Event::Finished));
 }
@@ -164,7 +195,11 @@ fn a_file_size_limit_fails_writes_without_losing_fragments() {
 
     // Without the limit: every fragment is on disk (failed writes were retried in fresh
     // segments and cut off where they failed).
-    let budgets = Budgets { memory_bytes: 64 << 20, disk_bytes: 256 << 20, fsync: false };
+    let budgets = Budgets {
+        memory_bytes: 64 << 20,
+        disk_bytes: 256 << 20,
+        fsync: false,
+    };
     let (w, mut r, report) = FragmentLog::open(dir.path(), budgets, STREAM).unwrap();
     drop(w);
     assert!(report.damage.is_empty(), "{:?}", report.damage);

@@ -6,7 +6,8 @@ mod buffer_support;
 use buffer_support::*;
 use bytes::Bytes;
 use kinesis_edge::buffer::{
-    AckError, AckKind, BufferError, Budgets, FragmentId, FragmentLog, FragmentState, ReadResult, SessionId,
+    AckError, AckKind, Budgets, BufferError, FragmentId, FragmentLog, FragmentState, ReadResult,
+    SessionId,
 };
 use kinesis_edge::mkv::MuxSink;
 use std::time::Duration;
@@ -14,10 +15,21 @@ use std::time::Duration;
 const IDLE: Duration = Duration::from_secs(3);
 
 fn budgets(memory: u64, disk: u64) -> Budgets {
-    Budgets { memory_bytes: memory, disk_bytes: disk, fsync: false }
+    Budgets {
+        memory_bytes: memory,
+        disk_bytes: disk,
+        fsync: false,
+    }
 }
 
-fn open(dir: &std::path::Path, b: Budgets) -> (kinesis_edge::buffer::FragmentWriter, kinesis_edge::buffer::FragmentReader, kinesis_edge::buffer::RecoveryReport) {
+fn open(
+    dir: &std::path::Path,
+    b: Budgets,
+) -> (
+    kinesis_edge::buffer::FragmentWriter,
+    kinesis_edge::buffer::FragmentReader,
+    kinesis_edge::buffer::RecoveryReport,
+) {
     match FragmentLog::open(dir, b, "front-door") {
         Ok(log) => log,
         Err(e) => panic!("open {}: {e}", dir.display()),
@@ -31,7 +43,9 @@ fn fragments_read_back_in_order_byte_exact_with_session_first() {
     assert_eq!(report.fragments_recovered, 0);
     let written = write_stream(&mut w, 1, 0, 5, 10, 3000);
     let events = collect(&mut r, 5, IDLE);
-    let Event::Session(session) = &events[0] else { panic!("first event {:?}", events[0]) };
+    let Event::Session(session) = &events[0] else {
+        panic!("first event {:?}", events[0])
+    };
     assert_eq!(session.header(), &stream_header(1));
     assert_eq!(session.producer_start_pts_ns(), BASE_PTS_NS);
     let got = fragments_of(&events);
@@ -58,7 +72,9 @@ fn the_open_fragment_is_readable_as_it_grows_without_copies() {
     w.stream_header(&stream_header(1)).unwrap();
     let mut expected = start_fragment(&mut w, 0);
     assert!(matches!(r.next_chunk(), ReadResult::Session(_)));
-    let ReadResult::FragmentStart(meta) = r.next_chunk() else { panic!("no FragmentStart") };
+    let ReadResult::FragmentStart(meta) = r.next_chunk() else {
+        panic!("no FragmentStart")
+    };
     assert!(!meta.closed);
     // The cluster header is not visible until a payload follows it.
     assert_eq!(r.next_chunk(), ReadResult::Pending);
@@ -68,9 +84,17 @@ fn the_open_fragment_is_readable_as_it_grows_without_copies() {
     w.write_payload(&payload).unwrap();
     expected.extend_from_slice(b"BLK00000");
     expected.extend_from_slice(&payload);
-    let ReadResult::Chunk(headers) = r.next_chunk() else { panic!("no header chunk") };
-    let ReadResult::Chunk(frame) = r.next_chunk() else { panic!("no payload chunk") };
-    assert_eq!(frame.as_ptr(), payload.as_ptr(), "payload handed out by reference");
+    let ReadResult::Chunk(headers) = r.next_chunk() else {
+        panic!("no header chunk")
+    };
+    let ReadResult::Chunk(frame) = r.next_chunk() else {
+        panic!("no payload chunk")
+    };
+    assert_eq!(
+        frame.as_ptr(),
+        payload.as_ptr(),
+        "payload handed out by reference"
+    );
     assert_eq!(r.next_chunk(), ReadResult::Pending);
 
     let more = write_frame(&mut w, 0, 1, 700);
@@ -97,25 +121,50 @@ fn persisted_ack_removes_received_waits_unless_no_retention() {
     let (mut w, mut r, _) = open(dir.path(), budgets(64 << 20, 64 << 20));
     write_stream(&mut w, 1, 0, 3, 4, 1000);
     let events = collect(&mut r, 3, IDLE);
-    let Event::Session(session) = &events[0] else { panic!() };
+    let Event::Session(session) = &events[0] else {
+        panic!()
+    };
     let sid = session.id();
 
-    assert_eq!(r.ack(sid, timecode_ms(0), AckKind::Buffering), Ok(FragmentId(0)));
-    assert_eq!(r.ack(sid, timecode_ms(0), AckKind::Received), Ok(FragmentId(0)));
+    assert_eq!(
+        r.ack(sid, timecode_ms(0), AckKind::Buffering),
+        Ok(FragmentId(0))
+    );
+    assert_eq!(
+        r.ack(sid, timecode_ms(0), AckKind::Received),
+        Ok(FragmentId(0))
+    );
     assert_eq!(r.fragments()[0].state, FragmentState::Received);
-    assert_eq!(r.ack(sid, timecode_ms(0), AckKind::Persisted), Ok(FragmentId(0)));
+    assert_eq!(
+        r.ack(sid, timecode_ms(0), AckKind::Persisted),
+        Ok(FragmentId(0))
+    );
     let ids: Vec<u64> = r.fragments().iter().map(|f| f.id.0).collect();
     assert_eq!(ids, vec![1, 2]);
     assert_eq!(
         r.ack(sid, timecode_ms(0), AckKind::Persisted),
-        Err(AckError::UnknownFragment { session: sid, timecode_ms: timecode_ms(0) })
+        Err(AckError::UnknownFragment {
+            session: sid,
+            timecode_ms: timecode_ms(0)
+        })
     );
-    assert!(r.ack(SessionId(99), timecode_ms(1), AckKind::Persisted).is_err(), "other session");
+    assert!(
+        r.ack(SessionId(99), timecode_ms(1), AckKind::Persisted)
+            .is_err(),
+        "other session"
+    );
 
     r.ack(sid, timecode_ms(1), AckKind::Received).unwrap();
-    assert_eq!(r.fragments().len(), 2, "RECEIVED is not final with retention");
+    assert_eq!(
+        r.fragments().len(),
+        2,
+        "RECEIVED is not final with retention"
+    );
     r.set_retention(false);
-    assert_eq!(r.fragments().iter().map(|f| f.id.0).collect::<Vec<_>>(), vec![2]);
+    assert_eq!(
+        r.fragments().iter().map(|f| f.id.0).collect::<Vec<_>>(),
+        vec![2]
+    );
     r.ack(sid, timecode_ms(2), AckKind::Received).unwrap();
     assert!(r.fragments().is_empty());
     let stats = r.stats();
@@ -129,17 +178,27 @@ fn rewind_resumes_at_the_first_unacked_fragment_start() {
     let (mut w, mut r, _) = open(dir.path(), budgets(64 << 20, 64 << 20));
     let written = write_stream(&mut w, 1, 0, 4, 4, 1000);
     let events = collect(&mut r, 3, IDLE);
-    let Event::Session(session) = &events[0] else { panic!() };
-    r.ack(session.id(), timecode_ms(0), AckKind::Persisted).unwrap();
-    r.ack(session.id(), timecode_ms(1), AckKind::Received).unwrap();
+    let Event::Session(session) = &events[0] else {
+        panic!()
+    };
+    r.ack(session.id(), timecode_ms(0), AckKind::Persisted)
+        .unwrap();
+    r.ack(session.id(), timecode_ms(1), AckKind::Received)
+        .unwrap();
     // Part of fragment 3 goes out, then the connection drops.
     assert!(matches!(r.next_chunk(), ReadResult::FragmentStart(m) if m.id == FragmentId(3)));
     assert!(matches!(r.next_chunk(), ReadResult::Chunk(_)));
     r.rewind_to_first_unacked();
     let events = collect(&mut r, 3, IDLE);
-    assert!(matches!(&events[0], Event::Session(s) if s.id() == session.id()), "header again first");
+    assert!(
+        matches!(&events[0], Event::Session(s) if s.id() == session.id()),
+        "header again first"
+    );
     let got = fragments_of(&events);
-    assert_eq!(got.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        got.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     assert_eq!(got[2].1, written[3], "partly sent fragment resent whole");
     assert!(got[0].1.starts_with(b"TAGS+CLUSTER"));
 }
@@ -152,7 +211,9 @@ fn eviction_takes_the_oldest_whole_fragment_but_never_the_partly_sent_one() {
     let written = write_stream(&mut w, 1, 0, 1, 10, 1000);
     assert!(matches!(r.next_chunk(), ReadResult::Session(_)));
     assert!(matches!(r.next_chunk(), ReadResult::FragmentStart(m) if m.id == FragmentId(0)));
-    let ReadResult::Chunk(first) = r.next_chunk() else { panic!() };
+    let ReadResult::Chunk(first) = r.next_chunk() else {
+        panic!()
+    };
     // Fragment 0 is partly sent. Six more fragments overflow the budget.
     let mut all = written;
     for seq in 1..7 {
@@ -178,7 +239,10 @@ fn eviction_takes_the_oldest_whole_fragment_but_never_the_partly_sent_one() {
     }
     assert_eq!(rest, all[0]);
     let got = fragments_of(&collect(&mut r, 3, IDLE));
-    assert_eq!(got.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![4, 5, 6]);
+    assert_eq!(
+        got.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        vec![4, 5, 6]
+    );
     assert_eq!(got[2].1, all[6]);
 }
 
@@ -189,7 +253,11 @@ fn memory_budget_spills_to_disk_and_reads_from_disk_are_byte_exact() {
     let written = write_stream(&mut w, 1, 0, 12, 8, 5000);
     w.sync().unwrap();
     let stats = r.stats();
-    assert!(stats.bytes_in_memory <= 100_000, "in memory: {}", stats.bytes_in_memory);
+    assert!(
+        stats.bytes_in_memory <= 100_000,
+        "in memory: {}",
+        stats.bytes_in_memory
+    );
     assert!(stats.memory_copies_dropped >= 9);
     assert_eq!(stats.fragments_not_durable, 0);
     assert_eq!(stats.fragments_evicted, 0);
@@ -215,11 +283,22 @@ fn disk_budget_evicts_oldest_segments_and_stays_within_budget() {
     write_stream(&mut w, 1, 0, 40, 8, 5000);
     w.sync().unwrap();
     let stats = r.stats();
-    assert!(stats.bytes_on_disk <= 1 << 20, "on disk {}", stats.bytes_on_disk);
-    assert!(stats.fragments_evicted >= 10, "evicted {}", stats.fragments_evicted);
+    assert!(
+        stats.bytes_on_disk <= 1 << 20,
+        "on disk {}",
+        stats.bytes_on_disk
+    );
+    assert!(
+        stats.fragments_evicted >= 10,
+        "evicted {}",
+        stats.fragments_evicted
+    );
     let ids: Vec<u64> = r.fragments().iter().map(|f| f.id.0).collect();
     assert_eq!(ids.last(), Some(&39));
-    assert!(ids.windows(2).all(|p| p[1] == p[0] + 1), "survivors are the newest, contiguous: {ids:?}");
+    assert!(
+        ids.windows(2).all(|p| p[1] == p[0] + 1),
+        "survivors are the newest, contiguous: {ids:?}"
+    );
     let on_disk: u64 = std::fs::read_dir(dir.path().join("front-door"))
         .unwrap()
         .flatten()
@@ -242,7 +321,9 @@ fn restart_recovers_unacked_fragments_first_and_continues_ids() {
         // On disk before the ACKs come, so the ACK log has to carry them.
         w.sync().unwrap();
         let events = collect(&mut r, 2, IDLE);
-        let Event::Session(s) = &events[0] else { panic!() };
+        let Event::Session(s) = &events[0] else {
+            panic!()
+        };
         r.ack(s.id(), timecode_ms(0), AckKind::Persisted).unwrap();
         r.skip(s.id(), timecode_ms(1), 4006).unwrap();
         // An open fragment at the moment of the "kill".
@@ -250,7 +331,10 @@ fn restart_recovers_unacked_fragments_first_and_continues_ids() {
         write_frame(&mut w, 6, 0, 100);
         w.sync().unwrap();
         // SIGKILL: the files as they are now; the process state is gone.
-        snapshot_dir(&dir.path().join("front-door"), &snapshot.path().join("front-door"));
+        snapshot_dir(
+            &dir.path().join("front-door"),
+            &snapshot.path().join("front-door"),
+        );
     }
     let (mut w, mut r, report) = open(snapshot.path(), budgets(64 << 20, 64 << 20));
     assert_eq!(report.fragments_recovered, 4);
@@ -262,13 +346,25 @@ fn restart_recovers_unacked_fragments_first_and_continues_ids() {
     // New live fragments after a new stream header (the muxer restarted too).
     let live = write_stream(&mut w, 2, 7, 1, 5, 2000);
     let events = collect(&mut r, 5, IDLE);
-    let sessions: Vec<_> = events.iter().filter_map(|e| if let Event::Session(s) = e { Some(s.clone()) } else { None }).collect();
+    let sessions: Vec<_> = events
+        .iter()
+        .filter_map(|e| {
+            if let Event::Session(s) = e {
+                Some(s.clone())
+            } else {
+                None
+            }
+        })
+        .collect();
     assert_eq!(sessions.len(), 2);
     assert_eq!(sessions[0].header(), &stream_header(1));
     assert_eq!(sessions[0].producer_start_pts_ns(), BASE_PTS_NS);
     assert_eq!(sessions[1].header(), &stream_header(2));
     let got = fragments_of(&events);
-    assert_eq!(got.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![2, 3, 4, 5, 6]);
+    assert_eq!(
+        got.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        vec![2, 3, 4, 5, 6]
+    );
     for (id, bytes) in &got[..4] {
         assert_eq!(bytes, &written[*id as usize]);
     }
@@ -279,7 +375,13 @@ fn restart_recovers_unacked_fragments_first_and_continues_ids() {
 fn clean_shutdown_and_reopen_keeps_everything_unacked() {
     let dir = tempfile::tempdir().unwrap();
     let written = {
-        let (mut w, _r, _) = open(dir.path(), Budgets { fsync: true, ..budgets(1 << 20, 64 << 20) });
+        let (mut w, _r, _) = open(
+            dir.path(),
+            Budgets {
+                fsync: true,
+                ..budgets(1 << 20, 64 << 20)
+            },
+        );
         write_stream(&mut w, 3, 0, 3, 5, 2000)
     };
     let (_w, mut r, report) = open(dir.path(), budgets(1 << 20, 64 << 20));
@@ -296,14 +398,20 @@ fn acked_fragments_stay_acked_and_finished_segments_are_deleted() {
         write_stream(&mut w, 1, 0, 10, 8, 5000);
         w.sync().unwrap();
         let events = collect(&mut r, 10, IDLE);
-        let Event::Session(s) = &events[0] else { panic!() };
+        let Event::Session(s) = &events[0] else {
+            panic!()
+        };
         for seq in 0..10 {
             r.ack(s.id(), timecode_ms(seq), AckKind::Persisted).unwrap();
         }
         w.sync().unwrap();
         let stats = r.stats();
         assert_eq!(stats.fragments_buffered, 0);
-        assert!(stats.segments_on_disk <= 2, "finished segments deleted: {}", stats.segments_on_disk);
+        assert!(
+            stats.segments_on_disk <= 2,
+            "finished segments deleted: {}",
+            stats.segments_on_disk
+        );
     }
     let (_w, _r, report) = open(dir.path(), budgets(1 << 20, 1 << 20));
     assert_eq!(report.fragments_recovered, 0);
@@ -329,7 +437,10 @@ fn sessions_change_and_end_with_their_trailer() {
             Event::Finished => "done".into(),
         })
         .collect();
-    assert_eq!(kinds, vec!["S0", "F0", "F1", "E:EOS TAGS", "S1", "F2", "done"]);
+    assert_eq!(
+        kinds,
+        vec!["S0", "F0", "F1", "E:EOS TAGS", "S1", "F2", "done"]
+    );
 }
 
 #[test]
@@ -354,7 +465,11 @@ fn mux_sink_calls_out_of_order_are_errors() {
     assert!(w.write(b"x").is_err());
     assert!(w.write_payload(&Bytes::from_static(b"x")).is_err());
     let err = w
-        .fragment_start(&kinesis_edge::mkv::FragmentStart { sequence: 0, timecode_ms: 0, pts_ns: 0 })
+        .fragment_start(&kinesis_edge::mkv::FragmentStart {
+            sequence: 0,
+            timecode_ms: 0,
+            pts_ns: 0,
+        })
         .unwrap_err();
     assert!(err.to_string().contains("no stream_header"), "{err}");
     assert!(w.stream_end(b"").is_err());
@@ -391,7 +506,10 @@ async fn async_reader_wakes_when_the_writer_appends_from_another_thread() {
     });
     let mut got: Vec<Vec<u8>> = Vec::new();
     loop {
-        match tokio::time::timeout(Duration::from_secs(5), r.next()).await.expect("reader woken") {
+        match tokio::time::timeout(Duration::from_secs(5), r.next())
+            .await
+            .expect("reader woken")
+        {
             ReadResult::FragmentStart(_) => got.push(Vec::new()),
             ReadResult::Chunk(c) => got.last_mut().expect("in a fragment").extend_from_slice(&c),
             ReadResult::Finished => break,

@@ -5,7 +5,9 @@
 mod buffer_support;
 
 use buffer_support::*;
-use kinesis_edge::buffer::{AckKind, Budgets, DamageAction, FragmentLog, FragmentReader, RecoveryReport};
+use kinesis_edge::buffer::{
+    AckKind, Budgets, DamageAction, FragmentLog, FragmentReader, RecoveryReport,
+};
 use proptest::prelude::*;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,7 +18,11 @@ const FRAME_LEN: usize = 16;
 const RECORD_HEADER: usize = 56;
 
 fn budgets() -> Budgets {
-    Budgets { memory_bytes: 1 << 20, disk_bytes: 64 << 20, fsync: false }
+    Budgets {
+        memory_bytes: 1 << 20,
+        disk_bytes: 64 << 20,
+        fsync: false,
+    }
 }
 
 /// A log with `count` fragments written and closed cleanly. Returns the segment's bytes and the
@@ -30,17 +36,25 @@ fn template(count: u64) -> (Vec<u8>, Vec<std::ops::Range<usize>>) {
     }
     let segment = dir.path().join(STREAM).join(format!("{:020}.seg", 0));
     let bytes = std::fs::read(&segment).unwrap();
-    let mut ranges = vec![0..RECORD_HEADER + stream_header(7).len()];
+    let header_record = 0..RECORD_HEADER + stream_header(7).len();
+    let mut ranges = Vec::with_capacity(count as usize + 1);
+    ranges.push(header_record);
     for seq in 0..count {
         let start = ranges.last().map_or(0, |r| r.end);
         ranges.push(start..start + RECORD_HEADER + expected_fragment(seq, FRAMES, FRAME_LEN).len());
     }
-    assert_eq!(ranges.last().map(|r| r.end), Some(bytes.len()), "layout as documented");
+    assert_eq!(
+        ranges.last().map(|r| r.end),
+        Some(bytes.len()),
+        "layout as documented"
+    );
     (bytes, ranges)
 }
 
 /// Puts `files` (name → bytes) in a fresh stream directory and opens it.
-fn open_with(files: &[(&str, &[u8])]) -> (tempfile::TempDir, FragmentReader, RecoveryReport, PathBuf) {
+fn open_with(
+    files: &[(&str, &[u8])],
+) -> (tempfile::TempDir, FragmentReader, RecoveryReport, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let stream_dir = dir.path().join(STREAM);
     std::fs::create_dir_all(&stream_dir).unwrap();
@@ -61,7 +75,11 @@ fn recovered(reader: &mut FragmentReader) -> Vec<(u64, Vec<u8>)> {
 
 fn assert_byte_exact(got: &[(u64, Vec<u8>)]) {
     for (id, bytes) in got {
-        assert_eq!(bytes, &expected_fragment(*id, FRAMES, FRAME_LEN), "fragment {id}");
+        assert_eq!(
+            bytes,
+            &expected_fragment(*id, FRAMES, FRAME_LEN),
+            "fragment {id}"
+        );
     }
 }
 
@@ -69,19 +87,33 @@ fn assert_byte_exact(got: &[(u64, Vec<u8>)]) {
 fn cut_at_every_offset_keeps_exactly_the_complete_fragments() {
     let (bytes, ranges) = template(2);
     for cut in 0..=bytes.len() {
-        let (_dir, mut reader, report, stream_dir) = open_with(&[(&format!("{:020}.seg", 0), &bytes[..cut])]);
+        let (_dir, mut reader, report, stream_dir) =
+            open_with(&[(&format!("{:020}.seg", 0), &bytes[..cut])]);
         let header_ok = ranges[0].end <= cut;
         let complete: Vec<u64> = if header_ok {
-            ranges[1..].iter().enumerate().filter(|(_, r)| r.end <= cut).map(|(i, _)| i as u64).collect()
+            ranges[1..]
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.end <= cut)
+                .map(|(i, _)| i as u64)
+                .collect()
         } else {
             Vec::new()
         };
         let got = recovered(&mut reader);
-        assert_eq!(got.iter().map(|(id, _)| *id).collect::<Vec<_>>(), complete, "cut at {cut}");
+        assert_eq!(
+            got.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            complete,
+            "cut at {cut}"
+        );
         assert_byte_exact(&got);
         let at_boundary = ranges.iter().any(|r| r.end == cut) || cut == 0;
         if at_boundary {
-            assert!(report.damage.is_empty(), "cut at {cut}: {:?}", report.damage);
+            assert!(
+                report.damage.is_empty(),
+                "cut at {cut}: {:?}",
+                report.damage
+            );
         } else {
             assert_eq!(report.damage.len(), 1, "cut at {cut}");
             assert_eq!(report.damage[0].action, DamageAction::Truncated);
@@ -91,14 +123,21 @@ fn cut_at_every_offset_keeps_exactly_the_complete_fragments() {
             continue;
         }
         // The damaged tail was cut off: a second open finds nothing wrong.
-        let (_, _, again) = FragmentLog::open(stream_dir.parent().unwrap(), budgets(), STREAM).unwrap();
-        assert!(again.damage.is_empty(), "cut at {cut}, second open: {:?}", again.damage);
+        let (_, _, again) =
+            FragmentLog::open(stream_dir.parent().unwrap(), budgets(), STREAM).unwrap();
+        assert!(
+            again.damage.is_empty(),
+            "cut at {cut}, second open: {:?}",
+            again.damage
+        );
     }
 }
 
 #[test]
 fn garbage_files_are_reported_and_the_log_still_works() {
-    let garbage: Vec<u8> = (0..10_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let garbage: Vec<u8> = (0..10_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
     let mut fake_record = b"KEFR\x01\x02\x00\x00".to_vec();
     fake_record.extend_from_slice(&[0xff; 60]);
     let (dir, mut reader, report, stream_dir) = open_with(&[
@@ -110,9 +149,20 @@ fn garbage_files_are_reported_and_the_log_still_works() {
     ]);
     assert_eq!(report.fragments_recovered, 0);
     assert!(report.damage.len() >= 3, "{:#?}", report.damage);
-    assert!(report.damage.iter().any(|d| d.file.ends_with(format!("{:020}.ack", 0))));
-    assert_eq!(std::fs::read(stream_dir.join("notes.txt")).unwrap(), b"not ours");
-    assert!(!stream_dir.join(format!("{:020}.ack", 9)).exists(), "orphan ACK log removed");
+    assert!(
+        report
+            .damage
+            .iter()
+            .any(|d| d.file.ends_with(format!("{:020}.ack", 0)))
+    );
+    assert_eq!(
+        std::fs::read(stream_dir.join("notes.txt")).unwrap(),
+        b"not ours"
+    );
+    assert!(
+        !stream_dir.join(format!("{:020}.ack", 9)).exists(),
+        "orphan ACK log removed"
+    );
     assert!(recovered(&mut reader).is_empty());
     drop(reader);
     // New fragments go on after the highest id any file name claims.
@@ -131,7 +181,9 @@ fn a_damaged_ack_record_only_brings_its_own_fragment_back() {
         write_stream(&mut w, 1, 0, 4, FRAMES, FRAME_LEN);
         w.sync().unwrap();
         let events = collect(&mut r, 4, Duration::from_secs(2));
-        let Event::Session(s) = &events[0] else { panic!() };
+        let Event::Session(s) = &events[0] else {
+            panic!()
+        };
         for seq in 0..3 {
             r.ack(s.id(), timecode_ms(seq), AckKind::Persisted).unwrap();
         }
@@ -147,7 +199,10 @@ fn a_damaged_ack_record_only_brings_its_own_fragment_back() {
     let (_, mut r, report) = FragmentLog::open(dir.path(), budgets(), STREAM).unwrap();
     assert_eq!(report.damage.len(), 2, "{:#?}", report.damage);
     let got = recovered(&mut r);
-    assert_eq!(got.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![1, 3]);
+    assert_eq!(
+        got.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        vec![1, 3]
+    );
     assert_byte_exact(&got);
 }
 

@@ -8,8 +8,8 @@
 use super::Shared;
 use super::index::{DiskOutcome, DiskWork, LoadJob, Location, WriteJob};
 use super::record::{ACK_RECORD_LEN, HEADER_LEN};
-use super::types::FragmentId;
 use super::segment::{self, SegmentId};
+use super::types::FragmentId;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -59,7 +59,15 @@ impl DiskWorker {
     ) -> Self {
         let sizes = recovered_sizes
             .iter()
-            .map(|(id, (segment, ack_log))| (*id, Sizes { segment: *segment, ack_log: *ack_log }))
+            .map(|(id, (segment, ack_log))| {
+                (
+                    *id,
+                    Sizes {
+                        segment: *segment,
+                        ack_log: *ack_log,
+                    },
+                )
+            })
             .collect();
         DiskWorker {
             shared,
@@ -137,7 +145,9 @@ impl DiskWorker {
                     outcome.deleted.push(segment);
                     dir_changed = true;
                 }
-                Err(e) => outcome.errors.push(log_error("delete segment", &self.dir, segment, &e)),
+                Err(e) => outcome
+                    .errors
+                    .push(log_error("delete segment", &self.dir, segment, &e)),
             }
         }
         if work.rotate
@@ -152,14 +162,21 @@ impl DiskWorker {
         for job in work.loads {
             outcome.loads.push((job.id, self.load(&job)));
         }
-        if dir_changed && self.fsync {
-            if let Err(e) = sync_dir(&self.dir) {
-                outcome.errors.push(log_error("sync directory", &self.dir, 0, &e));
-            }
+        if dir_changed
+            && self.fsync
+            && let Err(e) = sync_dir(&self.dir)
+        {
+            let message = format!("sync directory {}: {e}", self.dir.display());
+            tracing::error!(error = %message, "disk error");
+            outcome.errors.push(message);
         }
         outcome.active = self.active.as_ref().map(|a| a.id);
         outcome.retired = std::mem::take(&mut self.retired);
-        outcome.segment_bytes = self.sizes.iter().map(|(id, s)| (*id, s.segment + s.ack_log)).collect();
+        outcome.segment_bytes = self
+            .sizes
+            .iter()
+            .map(|(id, s)| (*id, s.segment + s.ack_log))
+            .collect();
         outcome
     }
 
@@ -183,14 +200,19 @@ impl DiskWorker {
     ) {
         let mut by_segment: BTreeMap<SegmentId, Vec<u8>> = BTreeMap::new();
         for (segment, record) in records {
-            by_segment.entry(*segment).or_default().extend_from_slice(&record.encode());
+            by_segment
+                .entry(*segment)
+                .or_default()
+                .extend_from_slice(&record.encode());
         }
         for (segment, bytes) in by_segment {
             match self.append_ack_bytes(segment, &bytes) {
                 Ok(()) => {
                     self.sizes.entry(segment).or_default().ack_log += bytes.len() as u64;
                 }
-                Err(e) => outcome.errors.push(log_error("append ACK log", &self.dir, segment, &e)),
+                Err(e) => outcome
+                    .errors
+                    .push(log_error("append ACK log", &self.dir, segment, &e)),
             }
         }
     }
@@ -221,7 +243,12 @@ impl DiskWorker {
             sync_dir(&self.dir)?;
         }
         self.sizes.entry(first_id).or_default().segment = len;
-        self.active = Some(Active { id: first_id, file, len, session_tag: None });
+        self.active = Some(Active {
+            id: first_id,
+            file,
+            len,
+            session_tag: None,
+        });
         Ok(())
     }
 
@@ -298,7 +325,9 @@ impl DiskWorker {
     /// empty: the retry goes to a fresh segment (which helps when the file hit a size limit). If
     /// the cut fails, recovery will find the damaged tail.
     fn cut_back(&mut self, id: SegmentId, len: u64, session_tag: Option<u32>) {
-        let Some(mut active) = self.active.take().filter(|a| a.id == id) else { return };
+        let Some(mut active) = self.active.take().filter(|a| a.id == id) else {
+            return;
+        };
         match active.file.set_len(len) {
             Ok(()) => {
                 active.len = len;
@@ -333,9 +362,8 @@ impl DiskWorker {
         let path = self.path(&segment::segment_file_name(segment));
         let file = match self.readers.entry(segment) {
             std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-            std::collections::hash_map::Entry::Vacant(entry) => {
-                entry.insert(File::open(&path).map_err(|e| format!("{}: open: {e}", path.display()))?)
-            }
+            std::collections::hash_map::Entry::Vacant(entry) => entry
+                .insert(File::open(&path).map_err(|e| format!("{}: open: {e}", path.display()))?),
         };
         match segment::read_fragment(file, job.location.offset, job.id.0, job.bytes) {
             Ok(Ok(bytes)) => Ok(bytes),
@@ -345,7 +373,11 @@ impl DiskWorker {
                 job.id,
                 job.location.offset
             )),
-            Err(e) => Err(format!("{}: read at byte {}: {e}", path.display(), job.location.offset)),
+            Err(e) => Err(format!(
+                "{}: read at byte {}: {e}",
+                path.display(),
+                job.location.offset
+            )),
         }
     }
 }
@@ -359,7 +391,11 @@ fn write_records(active: &mut Active, job: &WriteJob, shared: &Shared) -> io::Re
             job.session.tag,
             &job.session.header,
         )?;
-        segment::append_record(&mut active.file, &header, std::slice::from_ref(&job.session.header))?;
+        segment::append_record(
+            &mut active.file,
+            &header,
+            std::slice::from_ref(&job.session.header),
+        )?;
         active.len += HEADER_LEN as u64 + job.session.header.len() as u64;
         active.session_tag = Some(job.session.tag);
     }
@@ -380,7 +416,10 @@ fn write_records(active: &mut Active, job: &WriteJob, shared: &Shared) -> io::Re
     let offset = active.len;
     segment::append_record(&mut active.file, &header, &job.chunks)?;
     active.len += HEADER_LEN as u64 + job.chunks.iter().map(|c| c.len() as u64).sum::<u64>();
-    Ok(Location { segment: active.id, offset })
+    Ok(Location {
+        segment: active.id,
+        offset,
+    })
 }
 
 fn remove_if_present(path: &Path) -> io::Result<()> {
@@ -396,7 +435,10 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 fn describe(what: &str, dir: &Path, segment: SegmentId, e: &io::Error) -> String {
-    format!("{what} {}: {e}", dir.join(segment::segment_file_name(segment)).display())
+    format!(
+        "{what} {}: {e}",
+        dir.join(segment::segment_file_name(segment)).display()
+    )
 }
 
 fn log_error(what: &str, dir: &Path, segment: SegmentId, e: &io::Error) -> String {

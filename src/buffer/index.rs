@@ -303,7 +303,13 @@ impl State {
     /// A disk book for a log with a disk tier.
     pub fn disk_book(budget: u64, segments: BTreeMap<SegmentId, SegmentBook>) -> DiskBook {
         let used = segments.values().map(|s| s.bytes).sum();
-        DiskBook { enabled: true, budget, used, segments, ..DiskBook::default() }
+        DiskBook {
+            enabled: true,
+            budget,
+            used,
+            segments,
+            ..DiskBook::default()
+        }
     }
 
     /// Installs what recovery found: fragments (in id order), the next ids to hand out.
@@ -352,7 +358,12 @@ impl State {
         let tag = super::record::session_tag(&header, producer_start_pts_ns);
         let id = SessionId(self.next_session_id);
         self.next_session_id += 1;
-        Arc::new(StreamSession { id, header, producer_start_pts_ns, tag })
+        Arc::new(StreamSession {
+            id,
+            header,
+            producer_start_pts_ns,
+            tag,
+        })
     }
 
     /// Opens a new fragment at the head of the log.
@@ -384,7 +395,12 @@ impl State {
 
     /// Appends the writer's pending header bytes, then `payload`, to the open fragment `id`.
     /// Returns `false` if that fragment is no longer in the log.
-    pub fn append(&mut self, id: FragmentId, pending: &mut BytesMut, payload: Option<&Bytes>) -> bool {
+    pub fn append(
+        &mut self,
+        id: FragmentId,
+        pending: &mut BytesMut,
+        payload: Option<&Bytes>,
+    ) -> bool {
         let Some(entry) = self.entries.back_mut().filter(|e| e.id == id && !e.closed) else {
             return false;
         };
@@ -432,7 +448,10 @@ impl State {
 
     /// Drops the open fragment `id`: the writer will never finish it.
     pub fn abort_fragment(&mut self, id: FragmentId) {
-        if let Some(entry) = self.index_of(id).and_then(|idx| self.remove_entry(idx, DoneKind::Aborted)) {
+        if let Some(entry) = self
+            .index_of(id)
+            .and_then(|idx| self.remove_entry(idx, DoneKind::Aborted))
+        {
             tracing::warn!(fragment = %entry.id, bytes = entry.bytes, "open fragment abandoned by the writer");
         }
     }
@@ -454,7 +473,10 @@ impl State {
             return Some(Ok(()));
         }
         if d.blocked {
-            return Some(Err(d.last_error.clone().unwrap_or_else(|| "disk write failed".into())));
+            return Some(Err(d
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "disk write failed".into())));
         }
         None
     }
@@ -471,7 +493,11 @@ impl State {
             if let Some(end) = self.take_trailer() {
                 return (end, false);
             }
-            let result = if self.writer_closed { ReadResult::Finished } else { ReadResult::Pending };
+            let result = if self.writer_closed {
+                ReadResult::Finished
+            } else {
+                ReadResult::Pending
+            };
             return (result, false);
         };
         let Some(entry) = self.entries.get(idx) else {
@@ -562,7 +588,13 @@ impl State {
             .first_live_from(FragmentId(0))
             .and_then(|idx| self.entries.get(idx))
             .map_or(self.next_fragment_id, |e| e.id);
-        self.cursor = Cursor { next, started: false, chunk: 0, session: None, trailer_sent: false };
+        self.cursor = Cursor {
+            next,
+            started: false,
+            chunk: 0,
+            session: None,
+            trailer_sent: false,
+        };
         self.wants_readahead()
     }
 
@@ -586,7 +618,12 @@ impl State {
     }
 
     /// Applies an ACK to the fragment of `session` with cluster timecode `timecode_ms`.
-    pub fn ack(&mut self, session: SessionId, timecode_ms: u64, kind: AckKind) -> Option<FragmentId> {
+    pub fn ack(
+        &mut self,
+        session: SessionId,
+        timecode_ms: u64,
+        kind: AckKind,
+    ) -> Option<FragmentId> {
         let idx = self.find_unacked(session, timecode_ms)?;
         let entry = self.entries.get_mut(idx)?;
         let id = entry.id;
@@ -623,7 +660,10 @@ impl State {
         if !retention {
             let mut i = 0;
             while let Some(entry) = self.entries.get(i) {
-                if entry.done.is_none() && entry.ack == AckProgress::Received && self.finish(i, DoneKind::Received) {
+                if entry.done.is_none()
+                    && entry.ack == AckProgress::Received
+                    && self.finish(i, DoneKind::Received)
+                {
                     continue;
                 }
                 i += 1;
@@ -632,9 +672,9 @@ impl State {
     }
 
     fn find_unacked(&self, session: SessionId, timecode_ms: u64) -> Option<usize> {
-        self.entries
-            .iter()
-            .position(|e| e.done.is_none() && e.session.id == session && e.timecode_ms == timecode_ms)
+        self.entries.iter().position(|e| {
+            e.done.is_none() && e.session.id == session && e.timecode_ms == timecode_ms
+        })
     }
 
     /// Marks entry `idx` done; removes it unless the reader is in the middle of it. Returns
@@ -657,7 +697,13 @@ impl State {
         self.memory_bytes = self.memory_bytes.saturating_sub(entry.mem_len());
         match entry.disk {
             DiskSlot::Stored(loc) => {
-                self.disk.done_records.push((loc.segment, AckRecord { fragment_id: entry.id.0, kind }));
+                self.disk.done_records.push((
+                    loc.segment,
+                    AckRecord {
+                        fragment_id: entry.id.0,
+                        kind,
+                    },
+                ));
                 self.segment_lost_fragment(loc.segment);
             }
             DiskSlot::Writing => self.disk.tombstones.push((entry.id, kind)),
@@ -689,7 +735,10 @@ impl State {
     /// The fragments the reader reads next (kept in memory, loaded ahead from disk).
     fn readahead_window(&self) -> impl Iterator<Item = &Entry> {
         let start = self.entries.partition_point(|e| e.id < self.cursor.next);
-        self.entries.range(start..).filter(|e| e.done.is_none()).take(READAHEAD_FRAGMENTS)
+        self.entries
+            .range(start..)
+            .filter(|e| e.done.is_none())
+            .take(READAHEAD_FRAGMENTS)
     }
 
     fn wants_readahead(&self) -> bool {
@@ -713,7 +762,9 @@ impl State {
         }
         let mut i = 0;
         while self.memory_bytes > self.memory_budget {
-            let Some(entry) = self.entries.get(i) else { break };
+            let Some(entry) = self.entries.get(i) else {
+                break;
+            };
             let droppable = entry.closed
                 && entry.mem.is_some()
                 && matches!(entry.disk, DiskSlot::Stored(_))
@@ -725,12 +776,16 @@ impl State {
             }
             i += 1;
         }
-        let hard_limit = self.memory_budget.saturating_add(self.memory_budget.max(MEMORY_SLACK_MIN));
+        let hard_limit = self
+            .memory_budget
+            .saturating_add(self.memory_budget.max(MEMORY_SLACK_MIN));
         let disk_cannot_take =
             !self.disk.enabled || self.disk.blocked || self.memory_bytes > hard_limit;
         let mut i = 0;
         while self.memory_bytes > self.memory_budget {
-            let Some(entry) = self.entries.get(i) else { break };
+            let Some(entry) = self.entries.get(i) else {
+                break;
+            };
             let evictable = entry.closed
                 && entry.mem.is_some()
                 && self.in_flight != Some(entry.id)
@@ -780,14 +835,25 @@ impl State {
                     break;
                 }
                 self.disk.queue.pop_front();
-                let Some(idx) = self.index_of(id) else { continue };
-                let Some(entry) = self.entries.get_mut(idx) else { continue };
-                let Some(mem) = entry.mem.as_ref().filter(|_| entry.disk == DiskSlot::Queued) else {
+                let Some(idx) = self.index_of(id) else {
+                    continue;
+                };
+                let Some(entry) = self.entries.get_mut(idx) else {
+                    continue;
+                };
+                let Some(mem) = entry
+                    .mem
+                    .as_ref()
+                    .filter(|_| entry.disk == DiskSlot::Queued)
+                else {
                     continue;
                 };
                 let record_len = super::record::HEADER_LEN as u64 + entry.bytes;
-                let header_len = super::record::HEADER_LEN as u64 + entry.session.header.len() as u64;
-                if record_len + header_len > self.disk.budget || entry.bytes > super::record::MAX_BODY_LEN {
+                let header_len =
+                    super::record::HEADER_LEN as u64 + entry.session.header.len() as u64;
+                if record_len + header_len > self.disk.budget
+                    || entry.bytes > super::record::MAX_BODY_LEN
+                {
                     entry.disk = DiskSlot::Unstorable;
                     tracing::warn!(fragment = %entry.id, bytes = entry.bytes, disk_budget = self.disk.budget,
                         "fragment larger than the disk budget: kept in memory only");
@@ -828,9 +894,16 @@ impl State {
                     + w.chunks.iter().map(|c| c.len() as u64).sum::<u64>()
             })
             .sum();
-        let mut freeing: u64 = self.disk.segments.values().filter(|b| b.deleting).map(|b| b.bytes).sum();
+        let mut freeing: u64 = self
+            .disk
+            .segments
+            .values()
+            .filter(|b| b.deleting)
+            .map(|b| b.bytes)
+            .sum();
         while self.disk.used.saturating_sub(freeing) + needed > self.disk.budget {
-            let Some((&segment, book)) = self.disk.segments.iter().find(|(_, b)| !b.deleting) else {
+            let Some((&segment, book)) = self.disk.segments.iter().find(|(_, b)| !b.deleting)
+            else {
                 break;
             };
             freeing += book.bytes;
@@ -864,7 +937,11 @@ impl State {
                     self.disk.deletions.push(segment);
                 }
             }
-            tracing::debug!(segment, evicted, "segment evicted to stay within the disk budget");
+            tracing::debug!(
+                segment,
+                evicted,
+                "segment evicted to stay within the disk budget"
+            );
         }
     }
 
@@ -882,9 +959,15 @@ impl State {
                 break;
             }
             seen += 1;
-            if let (None, false, DiskSlot::Stored(location)) = (&entry.mem, entry.loading, entry.disk) {
+            if let (None, false, DiskSlot::Stored(location)) =
+                (&entry.mem, entry.loading, entry.disk)
+            {
                 entry.loading = true;
-                work.loads.push(LoadJob { id: entry.id, location, bytes: entry.bytes });
+                work.loads.push(LoadJob {
+                    id: entry.id,
+                    location,
+                    bytes: entry.bytes,
+                });
             }
         }
     }
@@ -928,7 +1011,13 @@ impl State {
                     .iter()
                     .find(|(t, _)| *t == id)
                     .map_or(DoneKind::Evicted, |(_, k)| *k);
-                self.disk.done_records.push((location.segment, AckRecord { fragment_id: id.0, kind }));
+                self.disk.done_records.push((
+                    location.segment,
+                    AckRecord {
+                        fragment_id: id.0,
+                        kind,
+                    },
+                ));
             }
         }
         self.disk.tombstones.clear();
@@ -952,7 +1041,9 @@ impl State {
             self.note_disk_error(error);
         }
         for (id, loaded) in outcome.loads {
-            let Some(idx) = self.index_of(id) else { continue };
+            let Some(idx) = self.index_of(id) else {
+                continue;
+            };
             match loaded {
                 Ok(bytes) => {
                     if let Some(entry) = self.entries.get_mut(idx) {
@@ -1009,7 +1100,9 @@ impl State {
             0
         };
         let oldest_unacked = self.entries.iter().find(|e| e.done.is_none()).map(|e| {
-            let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+            let now_ns = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
             let age_ns = now_ns.saturating_sub(u128::from(e.first_pts_ns));
             OldestUnacked {
                 id: e.id,
@@ -1083,7 +1176,10 @@ mod tests {
     /// Pretends the disk thread wrote every planned fragment into `segment`.
     fn write_all(state: &mut State, segment: SegmentId, segment_len: &mut u64) -> DiskWork {
         let work = state.take_disk_work().unwrap_or_default();
-        let mut outcome = DiskOutcome { active: Some(segment), ..DiskOutcome::default() };
+        let mut outcome = DiskOutcome {
+            active: Some(segment),
+            ..DiskOutcome::default()
+        };
         for job in &work.writes {
             let offset = *segment_len;
             *segment_len += 56 + job.chunks.iter().map(|c| c.len() as u64).sum::<u64>();
@@ -1108,7 +1204,10 @@ mod tests {
         assert!(matches!(st.next_chunk().0, ReadResult::Session(_)));
         assert!(matches!(st.next_chunk().0, ReadResult::FragmentStart(m) if m.id == a));
         assert_eq!(st.ack(session.id, 0, AckKind::Persisted), Some(a));
-        assert_eq!(st.fragments()[0].state, FragmentState::Done(DoneKind::Persisted));
+        assert_eq!(
+            st.fragments()[0].state,
+            FragmentState::Done(DoneKind::Persisted)
+        );
         // The rest of its bytes still go out, then it is gone.
         assert!(matches!(st.next_chunk().0, ReadResult::Chunk(c) if c.len() == 10));
         assert_eq!(st.next_chunk().0, ReadResult::FragmentEnd(a));
@@ -1149,10 +1248,20 @@ mod tests {
         let work = st.take_disk_work().unwrap_or_default();
         assert_eq!(work.deletions, vec![0], "segment 0 goes whole");
         assert!(work.rotate, "it was the active segment");
-        assert_eq!(work.writes.iter().map(|w| w.id).collect::<Vec<_>>(), vec![c]);
-        assert!(work.done_records.is_empty(), "no ACK records for a segment being deleted");
+        assert_eq!(
+            work.writes.iter().map(|w| w.id).collect::<Vec<_>>(),
+            vec![c]
+        );
+        assert!(
+            work.done_records.is_empty(),
+            "no ACK records for a segment being deleted"
+        );
         let infos = st.fragments();
-        assert_eq!(infos.iter().map(|f| f.id).collect::<Vec<_>>(), vec![a, c], "b evicted, a spared");
+        assert_eq!(
+            infos.iter().map(|f| f.id).collect::<Vec<_>>(),
+            vec![a, c],
+            "b evicted, a spared"
+        );
         assert!(!infos[0].on_disk && infos[0].in_memory);
         assert_eq!(st.stats().fragments_evicted, 1);
         let _ = b;
@@ -1168,14 +1277,29 @@ mod tests {
         // The ACK arrives while the disk thread writes it.
         st.ack(session.id, 0, AckKind::Persisted);
         let outcome = DiskOutcome {
-            written: vec![(a, Location { segment: 0, offset: 0 })],
+            written: vec![(
+                a,
+                Location {
+                    segment: 0,
+                    offset: 0,
+                },
+            )],
             segment_bytes: BTreeMap::from([(0, 156)]),
             active: Some(0),
             ..DiskOutcome::default()
         };
         st.apply_disk_outcome(outcome);
         let work = st.take_disk_work().unwrap_or_default();
-        assert_eq!(work.done_records, vec![(0, AckRecord { fragment_id: a.0, kind: DoneKind::Persisted })]);
+        assert_eq!(
+            work.done_records,
+            vec![(
+                0,
+                AckRecord {
+                    fragment_id: a.0,
+                    kind: DoneKind::Persisted
+                }
+            )]
+        );
         assert_eq!(st.disk.segments.get(&0).map(|b| b.live), Some(0));
     }
 
@@ -1189,12 +1313,18 @@ mod tests {
             failed: Some((work.writes.iter().map(|w| w.id).collect(), "ENOSPC".into())),
             ..DiskOutcome::default()
         });
-        assert!(st.take_disk_work().is_none(), "blocked until the next close");
+        assert!(
+            st.take_disk_work().is_none(),
+            "blocked until the next close"
+        );
         assert_eq!(st.stats().fragments_not_durable, 1);
         assert_eq!(st.disk_settled(), Some(Err("ENOSPC".into())));
         let b = add(&mut st, &session, 100);
         let work = st.take_disk_work().unwrap_or_default();
-        assert_eq!(work.writes.iter().map(|w| w.id).collect::<Vec<_>>(), vec![a, b]);
+        assert_eq!(
+            work.writes.iter().map(|w| w.id).collect::<Vec<_>>(),
+            vec![a, b]
+        );
     }
 
     #[test]

@@ -18,7 +18,10 @@ impl MemBytes {
     /// A fragment loaded in one piece (from disk).
     pub fn single(bytes: Bytes) -> Self {
         let len = bytes.len() as u64;
-        MemBytes { chunks: vec![bytes], len }
+        MemBytes {
+            chunks: vec![bytes],
+            len,
+        }
     }
 
     /// Appends a chunk; empty chunks are not stored.
@@ -84,7 +87,10 @@ mod tests {
         // The payload chunk is the caller's buffer, not a copy.
         assert_eq!(mem.chunk(1).map(|c| c.as_ptr()), Some(payload.as_ptr()));
         // Both header chunks come from the same allocation, one after the other.
-        let (a, b) = (mem.chunk(0).map(|c| c.as_ptr()), mem.chunk(2).map(|c| c.as_ptr()));
+        let (a, b) = (
+            mem.chunk(0).map(|c| c.as_ptr()),
+            mem.chunk(2).map(|c| c.as_ptr()),
+        );
         assert_eq!(a.map(|p| p.wrapping_add(4)), b);
         let mut expected = b"hdr1".to_vec();
         expected.extend_from_slice(&[7u8; 1000]);

@@ -83,7 +83,7 @@ pub use reader::FragmentReader;
 pub use record::DoneKind;
 pub use segment::RecordFault;
 pub use types::{
-    AckKind, BufferStats, Budgets, Damage, DamageAction, FragmentId, FragmentInfo, FragmentMeta,
+    AckKind, Budgets, BufferStats, Damage, DamageAction, FragmentId, FragmentInfo, FragmentMeta,
     FragmentState, OldestUnacked, ReadResult, RecoveryReport, SessionId, StreamSession,
 };
 pub use writer::FragmentWriter;
@@ -126,7 +126,10 @@ pub enum BufferError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AckError {
     #[error("no unacknowledged fragment with timecode {timecode_ms} ms in {session}")]
-    UnknownFragment { session: SessionId, timecode_ms: u64 },
+    UnknownFragment {
+        session: SessionId,
+        timecode_ms: u64,
+    },
 }
 
 /// State shared by the writer, the reader and the disk thread.
@@ -164,7 +167,9 @@ impl Shared {
     }
 
     fn wait_disk_work<'a>(&self, guard: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        self.disk_wake.wait(guard).unwrap_or_else(PoisonError::into_inner)
+        self.disk_wake
+            .wait(guard)
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn wake_disk(&self) {
@@ -180,7 +185,10 @@ impl Shared {
             match state.disk_settled() {
                 Some(Ok(())) => return Ok(()),
                 Some(Err(error)) => {
-                    return Err(BufferError::NotDurable { fragments: state.stats().fragments_not_durable, error });
+                    return Err(BufferError::NotDurable {
+                        fragments: state.stats().fragments_not_durable,
+                        error,
+                    });
                 }
                 None => {}
             }
@@ -209,7 +217,11 @@ impl Shared {
         if !shutdown {
             return;
         }
-        let handle = self.worker.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let handle = self
+            .worker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(handle) = handle
             && handle.join().is_err()
         {
@@ -220,7 +232,10 @@ impl Shared {
     #[cfg(test)]
     fn injected_write_fault(&self) -> io::Result<()> {
         use std::sync::atomic::Ordering;
-        match self.inject_write_errors.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) {
+        match self
+            .inject_write_errors
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        {
             Ok(_) => Err(io::Error::from_raw_os_error(28)),
             Err(_) => Ok(()),
         }
@@ -270,23 +285,49 @@ impl FragmentLog {
         let dir = dir.as_ref().join(stream_name);
         if budgets.disk_bytes == 0 {
             let shared = Arc::new(Shared::new(State::new(budgets.memory_bytes, None)));
-            let report = RecoveryReport { dir, ..RecoveryReport::default() };
-            return Ok((FragmentWriter::new(shared.clone()), FragmentReader { shared }, report));
+            let report = RecoveryReport {
+                dir,
+                ..RecoveryReport::default()
+            };
+            return Ok((
+                FragmentWriter::new(shared.clone()),
+                FragmentReader { shared },
+                report,
+            ));
         }
-        fs::create_dir_all(&dir)
-            .map_err(|source| BufferError::Io { op: "create log directory", path: dir.clone(), source })?;
+        let created = !dir.is_dir();
+        fs::create_dir_all(&dir).map_err(|source| BufferError::Io {
+            op: "create log directory",
+            path: dir.clone(),
+            source,
+        })?;
+        if created
+            && budgets.fsync
+            && let Some(parent) = dir.parent()
+            && let Err(e) = disk::sync_dir(parent)
+        {
+            tracing::warn!(dir = %parent.display(), error = %e, "could not sync the new log directory's parent");
+        }
         let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(|source| BufferError::Io { op: "open lock file", path: lock_path.clone(), source })?;
+            .map_err(|source| BufferError::Io {
+                op: "open lock file",
+                path: lock_path.clone(),
+                source,
+            })?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => return Err(BufferError::Locked { path: dir }),
             Err(TryLockError::Error(source)) => {
-                return Err(BufferError::Io { op: "lock", path: lock_path, source });
+                return Err(BufferError::Io {
+                    op: "lock",
+                    path: lock_path,
+                    source,
+                });
             }
         }
 
@@ -313,8 +354,14 @@ impl FragmentLog {
         segments.entry(next_id).or_default();
         state.disk = State::disk_book(budgets.disk_bytes, segments);
         let shared = Arc::new(Shared::new(state));
-        let mut worker =
-            disk::DiskWorker::new(shared.clone(), dir.clone(), budgets.fsync, segment_target, lock, &recovered.sizes);
+        let mut worker = disk::DiskWorker::new(
+            shared.clone(),
+            dir.clone(),
+            budgets.fsync,
+            segment_target,
+            lock,
+            &recovered.sizes,
+        );
         match worker.start_segment(next_id) {
             Ok(segment) => shared.lock().disk.active = Some(segment),
             Err(e) => {
@@ -326,9 +373,17 @@ impl FragmentLog {
         let handle = std::thread::Builder::new()
             .name("kebuf-disk".into())
             .spawn(move || worker.run())
-            .map_err(|source| BufferError::Io { op: "start disk thread for", path: dir.clone(), source })?;
+            .map_err(|source| BufferError::Io {
+                op: "start disk thread for",
+                path: dir.clone(),
+                source,
+            })?;
         *shared.worker.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
-        Ok((FragmentWriter::new(shared.clone()), FragmentReader { shared }, recovered.report))
+        Ok((
+            FragmentWriter::new(shared.clone()),
+            FragmentReader { shared },
+            recovered.report,
+        ))
     }
 }
 
@@ -337,7 +392,10 @@ impl FragmentLog {
 fn validate_stream_name(name: &str) -> Result<(), BufferError> {
     let reason = if name.is_empty() || name.len() > 256 {
         Some("must be 1 to 256 characters")
-    } else if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    {
         Some("only letters, digits, '_', '.' and '-' are allowed")
     } else if name == "." || name == ".." {
         Some("'.' and '..' are not stream names")
@@ -345,7 +403,10 @@ fn validate_stream_name(name: &str) -> Result<(), BufferError> {
         None
     };
     match reason {
-        Some(reason) => Err(BufferError::InvalidStreamName { name: name.to_string(), reason }),
+        Some(reason) => Err(BufferError::InvalidStreamName {
+            name: name.to_string(),
+            reason,
+        }),
         None => Ok(()),
     }
 }
@@ -358,7 +419,11 @@ mod tests {
 
     fn write_fragment(w: &mut FragmentWriter, seq: u64, len: usize) -> Vec<u8> {
         let pts = 1_000_000_000 * (seq + 1);
-        let start = FragmentStart { sequence: seq, timecode_ms: pts / 1_000_000, pts_ns: pts };
+        let start = FragmentStart {
+            sequence: seq,
+            timecode_ms: pts / 1_000_000,
+            pts_ns: pts,
+        };
         let payload = Bytes::from(vec![seq as u8 ^ 0x5a; len]);
         let mut bytes = b"CLUSTER".to_vec();
         bytes.extend_from_slice(&payload);
@@ -386,7 +451,10 @@ mod tests {
         while std::time::Instant::now() < deadline {
             match r.next_chunk() {
                 ReadResult::FragmentStart(_) => out.push(Vec::new()),
-                ReadResult::Chunk(c) => out.last_mut().into_iter().for_each(|f| f.extend_from_slice(&c)),
+                ReadResult::Chunk(c) => out
+                    .last_mut()
+                    .into_iter()
+                    .for_each(|f| f.extend_from_slice(&c)),
                 ReadResult::Finished => break,
                 ReadResult::Pending => std::thread::sleep(Duration::from_millis(1)),
                 _ => {}
@@ -399,18 +467,34 @@ mod tests {
     fn enospc_keeps_fragments_in_memory_and_retries_at_the_next_close() {
         let dir = tempfile::tempdir().map_err(|e| e.to_string());
         let Ok(dir) = dir else { panic!("{dir:?}") };
-        let budgets = Budgets { memory_bytes: 1 << 20, disk_bytes: 8 << 20, fsync: true };
+        let budgets = Budgets {
+            memory_bytes: 1 << 20,
+            disk_bytes: 8 << 20,
+            fsync: true,
+        };
         let written = {
-            let Ok((mut w, mut r, _)) = FragmentLog::open(dir.path(), budgets, "cam") else { panic!("open") };
+            let Ok((mut w, mut r, _)) = FragmentLog::open(dir.path(), budgets, "cam") else {
+                panic!("open")
+            };
             assert!(w.stream_header(&Bytes::from_static(b"HEADER")).is_ok());
             w.inject_write_errors(2);
             let mut written = vec![write_fragment(&mut w, 0, 3000)];
-            assert!(matches!(w.sync(), Err(BufferError::NotDurable { fragments: 1, .. })));
+            assert!(matches!(
+                w.sync(),
+                Err(BufferError::NotDurable { fragments: 1, .. })
+            ));
             let stats = w.stats();
             assert_eq!((stats.disk_errors, stats.fragments_not_durable), (1, 1));
-            assert!(stats.last_disk_error.is_some_and(|e| e.contains("os error 28") && e.contains(".seg")));
+            assert!(
+                stats
+                    .last_disk_error
+                    .is_some_and(|e| e.contains("os error 28") && e.contains(".seg"))
+            );
             written.push(write_fragment(&mut w, 1, 3000));
-            assert!(matches!(w.sync(), Err(BufferError::NotDurable { fragments: 2, .. })));
+            assert!(matches!(
+                w.sync(),
+                Err(BufferError::NotDurable { fragments: 2, .. })
+            ));
             // The disk has room again: the next close writes all three, in order.
             written.push(write_fragment(&mut w, 2, 3000));
             assert!(w.sync().is_ok());
@@ -419,18 +503,32 @@ mod tests {
             assert_eq!(read_all(&mut r), written);
             written
         };
-        let Ok((w, mut r, report)) = FragmentLog::open(dir.path(), budgets, "cam") else { panic!("reopen") };
+        let Ok((w, mut r, report)) = FragmentLog::open(dir.path(), budgets, "cam") else {
+            panic!("reopen")
+        };
         drop(w);
-        assert!(report.damage.is_empty(), "half-written records were cut off: {:?}", report.damage);
+        assert!(
+            report.damage.is_empty(),
+            "half-written records were cut off: {:?}",
+            report.damage
+        );
         assert_eq!(report.fragments_recovered, 3);
         assert_eq!(read_all(&mut r), written);
     }
 
     #[test]
     fn without_a_disk_budget_nothing_touches_the_directory() {
-        let Ok(dir) = tempfile::tempdir() else { panic!("tempdir") };
-        let budgets = Budgets { memory_bytes: 1 << 20, disk_bytes: 0, fsync: true };
-        let Ok((mut w, mut r, report)) = FragmentLog::open(dir.path(), budgets, "cam") else { panic!("open") };
+        let Ok(dir) = tempfile::tempdir() else {
+            panic!("tempdir")
+        };
+        let budgets = Budgets {
+            memory_bytes: 1 << 20,
+            disk_bytes: 0,
+            fsync: true,
+        };
+        let Ok((mut w, mut r, report)) = FragmentLog::open(dir.path(), budgets, "cam") else {
+            panic!("open")
+        };
         assert!(!dir.path().join("cam").exists());
         assert_eq!(report.fragments_recovered, 0);
         assert!(w.stream_header(&Bytes::from_static(b"HEADER")).is_ok());
@@ -446,7 +544,13 @@ mod tests {
             assert!(validate_stream_name(ok).is_ok(), "{ok}");
         }
         for bad in ["", ".", "..", "a/b", "caméra", "a b", &"x".repeat(257)] {
-            assert!(matches!(validate_stream_name(bad), Err(BufferError::InvalidStreamName { .. })), "{bad}");
+            assert!(
+                matches!(
+                    validate_stream_name(bad),
+                    Err(BufferError::InvalidStreamName { .. })
+                ),
+                "{bad}"
+            );
         }
     }
 }

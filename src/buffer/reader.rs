@@ -55,20 +55,36 @@ impl FragmentReader {
     /// PERSISTED (or RECEIVED when [`Self::set_retention`] is off) removes it from the log for
     /// good, once the cursor is past it. Errors when no unacknowledged fragment matches (already
     /// removed, evicted, or a wrong timecode).
-    pub fn ack(&self, session: SessionId, timecode_ms: u64, kind: AckKind) -> Result<FragmentId, AckError> {
+    pub fn ack(
+        &self,
+        session: SessionId,
+        timecode_ms: u64,
+        kind: AckKind,
+    ) -> Result<FragmentId, AckError> {
         let id = self.shared.lock().ack(session, timecode_ms, kind);
         if kind != AckKind::Buffering {
             self.shared.wake_disk();
         }
-        id.ok_or(AckError::UnknownFragment { session, timecode_ms })
+        id.ok_or(AckError::UnknownFragment {
+            session,
+            timecode_ms,
+        })
     }
 
     /// Marks a fragment the service refused for good (an ERROR ACK that is not retriable, with
     /// its error code): it is never sent again.
-    pub fn skip(&self, session: SessionId, timecode_ms: u64, code: u32) -> Result<FragmentId, AckError> {
+    pub fn skip(
+        &self,
+        session: SessionId,
+        timecode_ms: u64,
+        code: u32,
+    ) -> Result<FragmentId, AckError> {
         let id = self.shared.lock().skip(session, timecode_ms, code);
         self.shared.wake_disk();
-        id.ok_or(AckError::UnknownFragment { session, timecode_ms })
+        id.ok_or(AckError::UnknownFragment {
+            session,
+            timecode_ms,
+        })
     }
 
     /// Whether the stream keeps data (default: PERSISTED is awaited) or not (RECEIVED is final,
@@ -90,7 +106,9 @@ impl FragmentReader {
 
     /// A cloneable handle that reads the stats.
     pub fn stats_handle(&self) -> StatsHandle {
-        StatsHandle { shared: self.shared.clone() }
+        StatsHandle {
+            shared: self.shared.clone(),
+        }
     }
 }
 

@@ -140,7 +140,10 @@ impl RecordHeader {
 }
 
 /// CRC32C over an encoded header (its CRC field excluded) and the body given in pieces.
-pub(crate) fn record_crc<'a>(header: &[u8; HEADER_LEN], body: impl IntoIterator<Item = &'a [u8]>) -> u32 {
+pub(crate) fn record_crc<'a>(
+    header: &[u8; HEADER_LEN],
+    body: impl IntoIterator<Item = &'a [u8]>,
+) -> u32 {
     let mut crc = crc32c::crc32c(&header[0..12]);
     crc = crc32c::crc32c_append(crc, &header[16..HEADER_LEN]);
     for piece in body {
@@ -233,7 +236,10 @@ impl AckRecord {
             return None;
         }
         let kind = DoneKind::decode(raw[12], u32_at(raw, 8))?;
-        Some(AckRecord { fragment_id: u64_at(raw, 0), kind })
+        Some(AckRecord {
+            fragment_id: u64_at(raw, 0),
+            kind,
+        })
     }
 }
 
@@ -283,7 +289,11 @@ mod tests {
         for byte in (0..HEADER_LEN).filter(|b| !(12..16).contains(b)) {
             let mut bent = raw;
             bent[byte] ^= 0x01;
-            assert_ne!(record_crc(&bent, [body]), decoded.crc, "byte {byte} not covered");
+            assert_ne!(
+                record_crc(&bent, [body]),
+                decoded.crc,
+                "byte {byte} not covered"
+            );
         }
         assert_ne!(record_crc(&raw, [&b"hellp"[..]]), decoded.crc);
     }
@@ -291,7 +301,10 @@ mod tests {
     #[test]
     fn crc_of_pieces_equals_crc_of_whole() {
         let raw = sealed_header(sample(), [&b"hello"[..]]);
-        assert_eq!(record_crc(&raw, [&b"he"[..], b"", b"llo"]), record_crc(&raw, [&b"hello"[..]]));
+        assert_eq!(
+            record_crc(&raw, [&b"he"[..], b"", b"llo"]),
+            record_crc(&raw, [&b"hello"[..]])
+        );
     }
 
     #[test]
@@ -302,16 +315,25 @@ mod tests {
         assert_eq!(RecordHeader::decode(&bad), Err(HeaderFault::BadMagic));
         let mut bad = raw;
         bad[4] = 9;
-        assert_eq!(RecordHeader::decode(&bad), Err(HeaderFault::UnsupportedVersion(9)));
+        assert_eq!(
+            RecordHeader::decode(&bad),
+            Err(HeaderFault::UnsupportedVersion(9))
+        );
         let mut bad = raw;
         bad[5] = 7;
         assert_eq!(RecordHeader::decode(&bad), Err(HeaderFault::UnknownKind(7)));
         let mut bad = raw;
         bad[53] = 1;
-        assert_eq!(RecordHeader::decode(&bad), Err(HeaderFault::NonZeroReserved));
+        assert_eq!(
+            RecordHeader::decode(&bad),
+            Err(HeaderFault::NonZeroReserved)
+        );
         let mut bad = raw;
         bad[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(RecordHeader::decode(&bad), Err(HeaderFault::BodyTooLarge(u32::MAX)));
+        assert_eq!(
+            RecordHeader::decode(&bad),
+            Err(HeaderFault::BodyTooLarge(u32::MAX))
+        );
     }
 
     #[test]
@@ -324,7 +346,10 @@ mod tests {
             DoneKind::Lost,
             DoneKind::Aborted,
         ] {
-            let rec = AckRecord { fragment_id: 7, kind };
+            let rec = AckRecord {
+                fragment_id: 7,
+                kind,
+            };
             assert_eq!(AckRecord::decode(&rec.encode()), Some(rec));
         }
         assert_eq!(AckRecord::decode(&[0u8; ACK_RECORD_LEN]), None);

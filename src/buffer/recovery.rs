@@ -42,7 +42,13 @@ struct Found {
 
 /// Scans `dir` (which exists and is locked by the caller).
 pub(crate) fn recover(dir: &Path, fsync: bool) -> Result<Recovered, BufferError> {
-    let mut out = Recovered { report: RecoveryReport { dir: dir.to_path_buf(), ..Default::default() }, ..Default::default() };
+    let mut out = Recovered {
+        report: RecoveryReport {
+            dir: dir.to_path_buf(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     let (segment_ids, ack_ids) = list(dir)?;
     let mut next_id: u64 = segment_ids.iter().next_back().copied().unwrap_or(0);
 
@@ -74,7 +80,11 @@ pub(crate) fn recover(dir: &Path, fsync: bool) -> Result<Recovered, BufferError>
         let (scan, file_len) = scan;
         let mut kept_len = file_len;
         for damage in &scan.damage {
-            let mut action = if damage.at_tail { DamageAction::Truncated } else { DamageAction::LeftInPlace };
+            let mut action = if damage.at_tail {
+                DamageAction::Truncated
+            } else {
+                DamageAction::LeftInPlace
+            };
             if damage.at_tail {
                 match cut(&path, scan.intact_len, fsync) {
                     Ok(()) => kept_len = scan.intact_len,
@@ -98,7 +108,9 @@ pub(crate) fn recover(dir: &Path, fsync: bool) -> Result<Recovered, BufferError>
             next_id = next_id.max(h.fragment_id.saturating_add(1));
             match (h.kind, record.stream_header) {
                 (RecordKind::StreamHeader, Some(bytes)) => {
-                    headers.entry(h.session_tag).or_insert((bytes, h.first_pts_ns));
+                    headers
+                        .entry(h.session_tag)
+                        .or_insert((bytes, h.first_pts_ns));
                 }
                 (RecordKind::Fragment, _) => found.push(Found {
                     segment,
@@ -142,7 +154,11 @@ pub(crate) fn recover(dir: &Path, fsync: bool) -> Result<Recovered, BufferError>
                 file: path(),
                 offset: f.offset,
                 length: 0,
-                reason: format!("fragment id {} not above the previous {}", f.id, last_id.unwrap_or(0)),
+                reason: format!(
+                    "fragment id {} not above the previous {}",
+                    f.id,
+                    last_id.unwrap_or(0)
+                ),
                 action: DamageAction::Ignored,
             });
             continue;
@@ -188,7 +204,10 @@ pub(crate) fn recover(dir: &Path, fsync: bool) -> Result<Recovered, BufferError>
             first_pts_ns: f.first_pts_ns,
             last_pts_ns: f.last_pts_ns,
             bytes: f.bytes,
-            location: Location { segment: f.segment, offset: f.offset },
+            location: Location {
+                segment: f.segment,
+                offset: f.offset,
+            },
         });
     }
 
@@ -204,12 +223,21 @@ pub(crate) fn recover(dir: &Path, fsync: bool) -> Result<Recovered, BufferError>
             continue;
         }
         let seg_path = dir.join(segment::segment_file_name(segment));
-        match fs::remove_file(&seg_path).and_then(|()| remove_if_present(&dir.join(segment::ack_file_name(segment)))) {
+        match fs::remove_file(&seg_path)
+            .and_then(|()| remove_if_present(&dir.join(segment::ack_file_name(segment))))
+        {
             Ok(()) => out.report.segments_deleted += 1,
             Err(e) => {
                 tracing::warn!(file = %seg_path.display(), error = %e, "could not delete a finished segment");
                 out.sizes.insert(segment, (len, acks));
-                out.segments.insert(segment, SegmentBook { live: 0, bytes: len + acks, deleting: false });
+                out.segments.insert(
+                    segment,
+                    SegmentBook {
+                        live: 0,
+                        bytes: len + acks,
+                        deleting: false,
+                    },
+                );
             }
         }
     }
@@ -224,7 +252,11 @@ pub(crate) fn recover(dir: &Path, fsync: bool) -> Result<Recovered, BufferError>
 
 /// Segment and ACK-log ids in `dir`, sorted. Other files are left alone.
 fn list(dir: &Path) -> Result<(BTreeSet<SegmentId>, BTreeSet<SegmentId>), BufferError> {
-    let io_err = |source| BufferError::Io { op: "list log directory", path: dir.to_path_buf(), source };
+    let io_err = |source| BufferError::Io {
+        op: "list log directory",
+        path: dir.to_path_buf(),
+        source,
+    };
     let mut segments = BTreeSet::new();
     let mut acks = BTreeSet::new();
     for entry in fs::read_dir(dir).map_err(io_err)? {

@@ -58,14 +58,27 @@ pub(crate) fn parse_file_name(name: &str) -> Option<LogFile> {
 
 /// Appends one record (header, then the body in pieces) with vectored writes, so the body's
 /// `Bytes` chunks go to the kernel without being gathered into one buffer first.
-pub(crate) fn append_record(file: &mut File, header: &[u8; HEADER_LEN], body: &[Bytes]) -> io::Result<()> {
+pub(crate) fn append_record(
+    file: &mut File,
+    header: &[u8; HEADER_LEN],
+    body: &[Bytes],
+) -> io::Result<()> {
     let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(body.len() + 1);
     slices.push(IoSlice::new(header));
-    slices.extend(body.iter().filter(|c| !c.is_empty()).map(|c| IoSlice::new(c)));
+    slices.extend(
+        body.iter()
+            .filter(|c| !c.is_empty())
+            .map(|c| IoSlice::new(c)),
+    );
     let mut rest: &mut [IoSlice<'_>] = &mut slices;
     while !rest.is_empty() {
         match file.write_vectored(rest) {
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "segment write wrote 0 bytes")),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "segment write wrote 0 bytes",
+                ));
+            }
             Ok(n) => IoSlice::advance_slices(&mut rest, n),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -121,10 +134,14 @@ fn body_len_u32(len: u64) -> io::Result<u32> {
     if len > record::MAX_BODY_LEN {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("record body of {len} bytes exceeds the {} byte limit", record::MAX_BODY_LEN),
+            format!(
+                "record body of {len} bytes exceeds the {} byte limit",
+                record::MAX_BODY_LEN
+            ),
         ));
     }
-    u32::try_from(len).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "record body too large"))
+    u32::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "record body too large"))
 }
 
 /// Why a stored record could not be used.
@@ -155,15 +172,23 @@ impl std::fmt::Display for RecordFault {
         match self {
             RecordFault::TruncatedHeader => write!(f, "file ends inside a record header"),
             RecordFault::LengthBeyondEnd { body_len } => {
-                write!(f, "record body of {body_len} bytes reaches past the end of the file")
+                write!(
+                    f,
+                    "record body of {body_len} bytes reaches past the end of the file"
+                )
             }
             RecordFault::BadMagic => write!(f, "no record magic"),
             RecordFault::UnsupportedVersion(v) => write!(f, "unsupported record version {v}"),
             RecordFault::UnknownKind(k) => write!(f, "unknown record kind {k}"),
             RecordFault::ReservedBytesSet => write!(f, "reserved header bytes are not zero"),
-            RecordFault::BodyTooLarge(len) => write!(f, "body length {len} exceeds the format limit"),
+            RecordFault::BodyTooLarge(len) => {
+                write!(f, "body length {len} exceeds the format limit")
+            }
             RecordFault::CrcMismatch { stored, computed } => {
-                write!(f, "CRC32C mismatch: stored {stored:#010x}, computed {computed:#010x}")
+                write!(
+                    f,
+                    "CRC32C mismatch: stored {stored:#010x}, computed {computed:#010x}"
+                )
             }
             RecordFault::Unexpected => write!(f, "record is not the fragment expected there"),
         }
@@ -200,7 +225,9 @@ fn check_record(
         Err(fault) => return Ok(Err(fault.into())),
     };
     if offset + header.record_len() > file_len {
-        return Ok(Err(RecordFault::LengthBeyondEnd { body_len: header.body_len }));
+        return Ok(Err(RecordFault::LengthBeyondEnd {
+            body_len: header.body_len,
+        }));
     }
     let mut crc = crc32c::crc32c(&raw[0..12]);
     crc = crc32c::crc32c_append(crc, &raw[16..HEADER_LEN]);
@@ -216,7 +243,10 @@ fn check_record(
         left -= take as u64;
     }
     if crc != header.crc {
-        return Ok(Err(RecordFault::CrcMismatch { stored: header.crc, computed: crc }));
+        return Ok(Err(RecordFault::CrcMismatch {
+            stored: header.crc,
+            computed: crc,
+        }));
     }
     Ok(Ok(header))
 }
@@ -292,13 +322,22 @@ pub(crate) fn scan_segment(file: &File, file_len: u64) -> io::Result<SegmentScan
                 } else {
                     None
                 };
-                scan.records.push(ScannedRecord { offset, header, stream_header });
+                scan.records.push(ScannedRecord {
+                    offset,
+                    header,
+                    stream_header,
+                });
                 offset += header.record_len();
                 scan.intact_len = offset;
             }
             Err(fault) => match resync(file, offset + 1, file_len, &mut scratch)? {
                 Some(next) => {
-                    scan.damage.push(ScannedDamage { offset, length: next - offset, fault, at_tail: false });
+                    scan.damage.push(ScannedDamage {
+                        offset,
+                        length: next - offset,
+                        fault,
+                        at_tail: false,
+                    });
                     offset = next;
                 }
                 None => {
@@ -332,7 +371,9 @@ pub(crate) fn read_fragment(
     match file.read_exact_at(&mut buf, offset) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            return Ok(Err(RecordFault::LengthBeyondEnd { body_len: body_len as u32 }));
+            return Ok(Err(RecordFault::LengthBeyondEnd {
+                body_len: body_len as u32,
+            }));
         }
         Err(e) => return Err(e),
     }
@@ -351,7 +392,10 @@ pub(crate) fn read_fragment(
     let body = buf.get(HEADER_LEN..).unwrap_or_default();
     let computed = record_crc(&raw, [body]);
     if computed != header.crc {
-        return Ok(Err(RecordFault::CrcMismatch { stored: header.crc, computed }));
+        return Ok(Err(RecordFault::CrcMismatch {
+            stored: header.crc,
+            computed,
+        }));
     }
     Ok(Ok(Bytes::from(buf).slice(HEADER_LEN..)))
 }
@@ -368,10 +412,16 @@ mod tests {
         append_record(file, &hh, std::slice::from_ref(&header_bytes)).expect("write");
         let mut out = Vec::new();
         for &id in ids {
-            let body: Vec<u8> = (0..(100 + id as usize * 37)).map(|i| (i as u64 * 7 + id) as u8).collect();
-            let chunks = vec![Bytes::copy_from_slice(&body[..10]), Bytes::copy_from_slice(&body[10..])];
+            let body: Vec<u8> = (0..(100 + id as usize * 37))
+                .map(|i| (i as u64 * 7 + id) as u8)
+                .collect();
+            let chunks = vec![
+                Bytes::copy_from_slice(&body[..10]),
+                Bytes::copy_from_slice(&body[10..]),
+            ];
             let offset = file.stream_position().expect("pos");
-            let h = fragment_header(id, id * 2000, id, id + 1, tag, &chunks).expect("fragment header");
+            let h =
+                fragment_header(id, id * 2000, id, id + 1, tag, &chunks).expect("fragment header");
             append_record(file, &h, &chunks).expect("write");
             out.push((offset, body));
         }
@@ -380,8 +430,14 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_reject_others() {
-        assert_eq!(parse_file_name(&segment_file_name(42)), Some(LogFile::Segment(42)));
-        assert_eq!(parse_file_name(&ack_file_name(u64::MAX)), Some(LogFile::AckLog(u64::MAX)));
+        assert_eq!(
+            parse_file_name(&segment_file_name(42)),
+            Some(LogFile::Segment(42))
+        );
+        assert_eq!(
+            parse_file_name(&ack_file_name(u64::MAX)),
+            Some(LogFile::AckLog(u64::MAX))
+        );
         assert_eq!(parse_file_name("42.seg"), None);
         assert_eq!(parse_file_name("LOCK"), None);
         assert_eq!(parse_file_name("0000000000000000004x.seg"), None);
@@ -417,10 +473,18 @@ mod tests {
         file.read_exact_at(&mut byte, at).expect("read");
         file.write_all_at(&[byte[0] ^ 0xff], at).expect("write");
         let scan = scan_segment(&file, len).expect("scan");
-        let ids: Vec<u64> = scan.records.iter().skip(1).map(|r| r.header.fragment_id).collect();
+        let ids: Vec<u64> = scan
+            .records
+            .iter()
+            .skip(1)
+            .map(|r| r.header.fragment_id)
+            .collect();
         assert_eq!(ids, vec![1, 3]);
         assert_eq!(scan.damage.len(), 1);
-        assert!(matches!(scan.damage[0].fault, RecordFault::CrcMismatch { .. }));
+        assert!(matches!(
+            scan.damage[0].fault,
+            RecordFault::CrcMismatch { .. }
+        ));
         assert_eq!(scan.damage[0].offset, written[1].0);
         assert_eq!(scan.damage[0].length, written[2].0 - written[1].0);
         assert!(!scan.damage[0].at_tail);
@@ -446,18 +510,31 @@ mod tests {
                 .filter(|(off, body)| off + HEADER_LEN as u64 + body.len() as u64 <= cut)
                 .count();
             let header_ok = cut >= written[0].0;
-            let frags = scan.records.iter().filter(|r| r.header.kind == RecordKind::Fragment).count();
+            let frags = scan
+                .records
+                .iter()
+                .filter(|r| r.header.kind == RecordKind::Fragment)
+                .count();
             assert_eq!(frags, complete, "cut at {cut}");
-            assert_eq!(scan.records.len(), complete + usize::from(header_ok), "cut at {cut}");
-            assert_eq!(scan.damage.iter().all(|d| d.at_tail), true);
-            assert_eq!(scan.intact_len + scan.damage.iter().map(|d| d.length).sum::<u64>(), cut);
+            assert_eq!(
+                scan.records.len(),
+                complete + usize::from(header_ok),
+                "cut at {cut}"
+            );
+            assert!(scan.damage.iter().all(|d| d.at_tail));
+            assert_eq!(
+                scan.intact_len + scan.damage.iter().map(|d| d.length).sum::<u64>(),
+                cut
+            );
         }
     }
 
     #[test]
     fn garbage_file_yields_damage_not_records() {
         let mut file = tempfile::tempfile().expect("tempfile");
-        let garbage: Vec<u8> = (0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let garbage: Vec<u8> = (0..5000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
         file.write_all(&garbage).expect("write");
         file.write_all(b"KEFR\x01\x02").expect("write");
         let scan = scan_segment(&file, garbage.len() as u64 + 6).expect("scan");

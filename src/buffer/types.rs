@@ -163,7 +163,11 @@ pub struct Budgets {
 
 impl Default for Budgets {
     fn default() -> Self {
-        Budgets { memory_bytes: 16 * 1024 * 1024, disk_bytes: 2048 * 1024 * 1024, fsync: true }
+        Budgets {
+            memory_bytes: 16 * 1024 * 1024,
+            disk_bytes: 2048 * 1024 * 1024,
+            fsync: true,
+        }
     }
 }
 

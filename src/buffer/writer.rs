@@ -35,7 +35,10 @@ struct OpenFragment {
 }
 
 fn out_of_order(call: &'static str, problem: impl std::fmt::Display) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, format!("fragment log: {call}: {problem}"))
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("fragment log: {call}: {problem}"),
+    )
 }
 
 impl FragmentWriter {
@@ -63,7 +66,9 @@ impl FragmentWriter {
 
     /// A cloneable handle that reads the stats (for a metrics endpoint).
     pub fn stats_handle(&self) -> StatsHandle {
-        StatsHandle { shared: self.shared.clone() }
+        StatsHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// The id the next fragment will get.
@@ -79,14 +84,19 @@ impl FragmentWriter {
                 self.pending.clear();
                 self.shared.lock().abort_fragment(open.id);
                 self.shared.data_ready.notify_one();
-                Err(out_of_order(call, format_args!("fragment {} was still open and is dropped", open.id)))
+                Err(out_of_order(
+                    call,
+                    format_args!("fragment {} was still open and is dropped", open.id),
+                ))
             }
         }
     }
 
     #[cfg(test)]
     pub(crate) fn inject_write_errors(&self, count: u32) {
-        self.shared.inject_write_errors.store(count, std::sync::atomic::Ordering::SeqCst);
+        self.shared
+            .inject_write_errors
+            .store(count, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -136,11 +146,17 @@ impl MuxSink for FragmentWriter {
         let Some(open) = self.open.as_mut() else {
             return Err(out_of_order("write_payload", "no open fragment"));
         };
-        let appended = self.shared.lock().append(open.id, &mut self.pending, Some(payload));
+        let appended = self
+            .shared
+            .lock()
+            .append(open.id, &mut self.pending, Some(payload));
         if !appended {
             let id = open.id;
             self.open = None;
-            return Err(out_of_order("write_payload", format_args!("fragment {id} is no longer in the log")));
+            return Err(out_of_order(
+                "write_payload",
+                format_args!("fragment {id} is no longer in the log"),
+            ));
         }
         open.bytes += payload.len() as u64;
         self.shared.data_ready.notify_one();
@@ -151,10 +167,17 @@ impl MuxSink for FragmentWriter {
         let Some(open) = self.open.take() else {
             return Err(out_of_order("fragment_end", "no open fragment"));
         };
-        let closed =
-            self.shared.lock().close_fragment(open.id, &mut self.pending, end.first_pts_ns, end.last_pts_ns);
+        let closed = self.shared.lock().close_fragment(
+            open.id,
+            &mut self.pending,
+            end.first_pts_ns,
+            end.last_pts_ns,
+        );
         if !closed {
-            return Err(out_of_order("fragment_end", format_args!("fragment {} is no longer in the log", open.id)));
+            return Err(out_of_order(
+                "fragment_end",
+                format_args!("fragment {} is no longer in the log", open.id),
+            ));
         }
         self.shared.data_ready.notify_one();
         self.shared.wake_disk();
@@ -171,7 +194,9 @@ impl MuxSink for FragmentWriter {
         let Some(session) = self.session.take() else {
             return Err(out_of_order("stream_end", "no session to end"));
         };
-        self.shared.lock().end_session(session.id, Bytes::copy_from_slice(trailer));
+        self.shared
+            .lock()
+            .end_session(session.id, Bytes::copy_from_slice(trailer));
         self.shared.data_ready.notify_one();
         Ok(())
     }

@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
-use kinesis_edge::buffer::{FragmentMeta, FragmentReader, FragmentWriter, ReadResult, StreamSession};
+use kinesis_edge::buffer::{
+    FragmentMeta, FragmentReader, FragmentWriter, ReadResult, StreamSession,
+};
 use kinesis_edge::mkv::{FragmentEnd, FragmentStart, MuxSink};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,8 +24,13 @@ pub fn stream_header(seed: u8) -> Bytes {
 
 /// The bytes of frame `frame` of fragment `seq`: deterministic, different everywhere.
 pub fn frame_payload(seq: u64, frame: usize, len: usize) -> Bytes {
-    let seed = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (frame as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    Bytes::from((0..len).map(|i| (seed.wrapping_add(i as u64 * 0x2545_f491) >> 17) as u8).collect::<Vec<u8>>())
+    let seed = seq.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ (frame as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    Bytes::from(
+        (0..len)
+            .map(|i| (seed.wrapping_add(i as u64 * 0x2545_f491) >> 17) as u8)
+            .collect::<Vec<u8>>(),
+    )
 }
 
 pub fn timecode_ms(seq: u64) -> u64 {
@@ -33,7 +40,11 @@ pub fn timecode_ms(seq: u64) -> u64 {
 /// Starts fragment `seq`: its tags/cluster header goes in with `write`.
 pub fn start_fragment(w: &mut impl MuxSink, seq: u64) -> Vec<u8> {
     let pts = BASE_PTS_NS + seq * FRAGMENT_NS;
-    ok(w.fragment_start(&FragmentStart { sequence: seq, timecode_ms: timecode_ms(seq), pts_ns: pts }));
+    ok(w.fragment_start(&FragmentStart {
+        sequence: seq,
+        timecode_ms: timecode_ms(seq),
+        pts_ns: pts,
+    }));
     let cluster = format!("TAGS+CLUSTER {seq:08}");
     ok(w.write(cluster.as_bytes()));
     cluster.into_bytes()
@@ -75,9 +86,18 @@ pub fn write_fragment(w: &mut impl MuxSink, seq: u64, frames: usize, frame_len: 
 }
 
 /// Writes the stream header then `count` fragments starting at `first_seq`.
-pub fn write_stream(w: &mut FragmentWriter, header_seed: u8, first_seq: u64, count: u64, frames: usize, frame_len: usize) -> Vec<Vec<u8>> {
+pub fn write_stream(
+    w: &mut FragmentWriter,
+    header_seed: u8,
+    first_seq: u64,
+    count: u64,
+    frames: usize,
+    frame_len: usize,
+) -> Vec<Vec<u8>> {
     ok(w.stream_header(&stream_header(header_seed)));
-    (first_seq..first_seq + count).map(|seq| write_fragment(w, seq, frames, frame_len)).collect()
+    (first_seq..first_seq + count)
+        .map(|seq| write_fragment(w, seq, frames, frame_len))
+        .collect()
 }
 
 fn ok(result: std::io::Result<()>) {
@@ -99,7 +119,10 @@ pub enum Event {
 /// Reads until `fragments` whole fragments were handed out, or the reader is finished, or
 /// nothing comes for `idle`. Waits through `Pending` (disk loads, live data).
 pub fn collect(reader: &mut FragmentReader, fragments: usize, idle: Duration) -> Vec<Event> {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_time().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => panic!("runtime: {e}"),
     };
@@ -136,7 +159,9 @@ pub fn collect(reader: &mut FragmentReader, fragments: usize, idle: Duration) ->
                 break;
             }
             ReadResult::Pending => {
-                let waited = rt.block_on(async { tokio::time::timeout(Duration::from_millis(50), reader.wait()).await });
+                let waited = rt.block_on(async {
+                    tokio::time::timeout(Duration::from_millis(50), reader.wait()).await
+                });
                 if waited.is_ok() {
                     last_progress = Instant::now();
                 } else if last_progress.elapsed() > idle {
