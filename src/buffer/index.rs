@@ -831,7 +831,11 @@ impl State {
             let batch_limit = self.disk.budget / 4;
             let mut batch_bytes = 0u64;
             while let Some(&id) = self.disk.queue.front() {
-                if batch_bytes > 0 && batch_bytes >= batch_limit {
+                let next_bytes = self
+                    .index_of(id)
+                    .and_then(|i| self.entries.get(i))
+                    .map_or(0, |e| e.bytes + e.session.header.len() as u64);
+                if batch_bytes > 0 && batch_bytes + next_bytes > batch_limit {
                     break;
                 }
                 self.disk.queue.pop_front();
@@ -946,7 +950,7 @@ impl State {
     }
 
     fn plan_loads(&mut self, work: &mut DiskWork) {
-        if !self.disk.enabled {
+        if !self.disk.enabled || self.reader_closed {
             return;
         }
         let start = self.entries.partition_point(|e| e.id < self.cursor.next);
@@ -980,6 +984,11 @@ impl State {
     /// Applies what the disk thread did. Returns whether the reader should be woken.
     pub fn apply_disk_outcome(&mut self, outcome: DiskOutcome) -> bool {
         let mut wake_reader = false;
+        // Deletions first: a segment deleted in this batch may have been created again under
+        // the same name by a write that followed.
+        for segment in &outcome.deleted {
+            self.disk.segments.remove(segment);
+        }
         if outcome.active.is_some() {
             self.disk.active = outcome.active;
         }
@@ -1064,9 +1073,6 @@ impl State {
                 }
             }
             wake_reader = true;
-        }
-        for segment in outcome.deleted {
-            self.disk.segments.remove(&segment);
         }
         for segment in outcome.retired {
             if let Some(book) = self.disk.segments.get_mut(&segment)

@@ -27,6 +27,40 @@
 //! tail ≤ send ≤ head by id. Fragments that leave the log (ACK, skip, eviction) are simply
 //! stepped over by the cursor.
 //!
+//! # The uploader's loop
+//!
+//! ```no_run
+//! use kinesis_edge::buffer::{Budgets, FragmentLog, ReadResult};
+//!
+//! # async fn uploader() -> Result<(), Box<dyn std::error::Error>> {
+//! let (writer, mut reader, _report) =
+//!     FragmentLog::open("/var/lib/kinesis-edge", Budgets::default(), "front-door")?;
+//! // `writer` goes to the muxer: it implements `mkv::MuxSink`.
+//! # drop(writer);
+//! reader.set_retention(true); // from DescribeStream: DataRetentionInHours > 0
+//! 'connection: loop {
+//!     reader.rewind_to_first_unacked();
+//!     loop {
+//!         match reader.next().await {
+//!             ReadResult::Session(session) => {
+//!                 // End the current PutMedia (if any) and open one with
+//!                 // session.producer_start_pts_ns(); its body starts with session.header().
+//!             }
+//!             ReadResult::FragmentStart(meta) => { /* pace; remember (meta.session, meta.timecode_ms) */ }
+//!             ReadResult::Chunk(bytes) => { /* send `bytes` on the request body */ }
+//!             ReadResult::FragmentEnd(_) | ReadResult::Pending => {}
+//!             ReadResult::SessionEnd { trailer, .. } => { /* send the trailer, end the body */ }
+//!             ReadResult::FragmentAborted(_) => continue 'connection, // drop the connection
+//!             ReadResult::Finished => return Ok(()),
+//!         }
+//!     }
+//! }
+//! // Beside it, for each ACK of the connection's session:
+//! //   PERSISTED  -> reader.ack(session, fragment_timecode, AckKind::Persisted)
+//! //   ERROR (not retriable) -> reader.skip(session, fragment_timecode, error_id), then reconnect
+//! # }
+//! ```
+//!
 //! # Invariants
 //!
 //! 1. A fragment leaves the log only by a final ACK (PERSISTED; RECEIVED when the stream has no
@@ -536,6 +570,17 @@ mod tests {
         assert!(w.sync().is_ok());
         drop(w);
         assert_eq!(read_all(&mut r), written);
+    }
+
+    #[test]
+    fn handles_move_to_other_threads() {
+        fn send<T: Send>() {}
+        fn sync<T: Sync>() {}
+        send::<FragmentWriter>();
+        send::<FragmentReader>();
+        sync::<FragmentReader>();
+        send::<StatsHandle>();
+        sync::<StatsHandle>();
     }
 
     #[test]
