@@ -75,8 +75,9 @@
 //! 4. Memory: when over budget, memory copies of the oldest closed fragments that are on disk
 //!    are dropped first (reads then come from disk), except the partly-sent fragment and the
 //!    next [`READAHEAD_FRAGMENTS`](index::READAHEAD_FRAGMENTS) the reader will read. Closed
-//!    fragments not on disk are evicted only if the disk cannot take them (no disk tier, last
-//!    write failed, or memory beyond twice the budget / budget + 8 MiB while the disk lags).
+//!    fragments not on disk are evicted, oldest first, only down to the budget when there is no
+//!    disk tier or the last write failed, and only down to budget + max(budget, 8 MiB) while
+//!    the disk thread is merely behind.
 //! 5. Disk: segment files are deleted whole once every fragment in them is done. To stay within
 //!    the disk budget the oldest segment is evicted whole (the partly-sent fragment only loses
 //!    its disk copy).
@@ -167,7 +168,6 @@ pub enum AckError {
 }
 
 /// State shared by the writer, the reader and the disk thread.
-#[derive(Debug)]
 pub(crate) struct Shared {
     state: Mutex<State>,
     /// The disk thread sleeps on it.
@@ -179,6 +179,18 @@ pub(crate) struct Shared {
     worker: Mutex<Option<JoinHandle<()>>>,
     #[cfg(test)]
     inject_write_errors: std::sync::atomic::AtomicU32,
+}
+
+impl std::fmt::Debug for Shared {
+    /// A summary: the index holds every fragment's bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let stats = self.lock().stats();
+        f.debug_struct("FragmentLog")
+            .field("fragments", &stats.fragments_buffered)
+            .field("bytes_in_memory", &stats.bytes_in_memory)
+            .field("bytes_on_disk", &stats.bytes_on_disk)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
