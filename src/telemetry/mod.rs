@@ -1,1 +1,24 @@
-//! `telemetry`: see the README's architecture section.
+//! `telemetry`: device and camera health records to a Kinesis Data Stream, and records that
+//! other processes put through the daemon.
+//!
+//! Path of a record: [`collect`] (or the put-record API) → [`spool`] (durable, bounded, CRC per
+//! record) → [`producer`] (sans-I/O: shard-aware KPL [`aggregate`]s packed into PutRecords
+//! requests by [`batch`], paced by [`rate_limit`], placed by [`shard_map`]) → [`kds`] (HTTP,
+//! SigV4) → acknowledged back into the spool.
+//!
+//! Invariants across the module:
+//! * a record leaves the spool only after the service has returned a sequence number for it
+//!   (or it was moved to the dead-letter file with the reason, or dropped as the oldest when
+//!   the spool was full: both counted);
+//! * every PutRecords request respects the limits counted on raw bytes (≤ 500 records,
+//!   ≤ the request cap, each record ≤ the stream's maximum record size including its key);
+//! * only records predicted for the same shard share an aggregate;
+//! * errors an operator must fix pause sending and keep the data.
+
+pub mod aggregate;
+pub mod batch;
+pub mod rate_limit;
+pub mod record;
+pub mod shard_map;
+
+pub use record::{HashKey, RecordError, UserRecord};
