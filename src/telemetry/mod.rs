@@ -20,5 +20,6 @@ pub mod batch;
 pub mod rate_limit;
 pub mod record;
 pub mod shard_map;
+pub mod spool;
 
 pub use record::{HashKey, RecordError, UserRecord};
