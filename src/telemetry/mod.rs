@@ -17,6 +17,8 @@
 
 pub mod aggregate;
 pub mod batch;
+pub mod errors;
+pub mod producer;
 pub mod rate_limit;
 pub mod record;
 pub mod shard_map;

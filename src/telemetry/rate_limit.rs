@@ -6,6 +6,7 @@
 //! ×2 per consecutive failure, with "equal jitter" (half fixed, half random) so several devices
 //! throttled together do not retry in step. Everything takes the time as an argument.
 
+use super::batch::ShardBudget;
 use std::time::{Duration, Instant};
 
 /// Per-shard write limit on records.
@@ -137,6 +138,12 @@ impl Backoff {
         self.until = Some(self.until.map_or(until, |t| t.max(until)));
     }
 
+    /// Counts a failure that needs no wait (its cause was fixed before retrying), so that a
+    /// repeat of it backs off.
+    pub fn count_without_wait(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+    }
+
     /// Clears the failure streak.
     pub fn succeed(&mut self) {
         self.failures = 0;
@@ -209,6 +216,24 @@ impl ShardLimiter {
         self.backoff.is_ready(now)
             && self.records.wait_for(records as f64, now, self.factor).is_zero()
             && self.bytes.wait_for(bytes as f64, now, self.factor).is_zero()
+    }
+
+    /// What the shard may send at `now`: whole tokens left, and whether both buckets are full.
+    pub fn budget(&mut self, now: Instant) -> ShardBudget {
+        if !self.backoff.is_ready(now) {
+            return ShardBudget {
+                records: 0,
+                bytes: 0,
+                bucket_full: false,
+            };
+        }
+        let records = self.records.available(now, self.factor);
+        let bytes = self.bytes.available(now, self.factor);
+        ShardBudget {
+            records: records.floor() as usize,
+            bytes: bytes.floor() as usize,
+            bucket_full: records >= self.records.capacity && bytes >= self.bytes.capacity,
+        }
     }
 
     /// When `records`/`bytes` will be allowed.
