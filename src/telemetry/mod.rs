@@ -18,10 +18,42 @@
 pub mod aggregate;
 pub mod batch;
 pub mod errors;
+pub mod kds;
+pub mod pipeline;
 pub mod producer;
 pub mod rate_limit;
 pub mod record;
 pub mod shard_map;
 pub mod spool;
 
+pub use kds::{ClientSettings, KdsClient, StreamRef, StreamSummary};
+pub use pipeline::{DriverSettings, ProducerTask, PutOutcome, SharedSpool, put_record_once};
+pub use producer::{ProducerConfig, ProducerStats};
 pub use record::{HashKey, RecordError, UserRecord};
+pub use spool::{DeadLetterFile, Spool, SpoolConfig, SpoolStats};
+
+/// Errors of the telemetry module.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// A record was refused at the door.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The spool failed.
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
+    /// A limit is set outside what the service allows.
+    #[error(transparent)]
+    Limits(#[from] batch::LimitError),
+    /// A request failed (as a whole).
+    #[error(transparent)]
+    Request(#[from] errors::RequestFailure),
+    /// The endpoint could not be resolved.
+    #[error(transparent)]
+    Endpoint(#[from] crate::aws::EndpointError),
+    /// The record was not delivered (put-record): the reason says why.
+    #[error("record not delivered: {reason}")]
+    NotDelivered {
+        /// Why.
+        reason: String,
+    },
+}
