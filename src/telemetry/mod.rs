@@ -17,6 +17,7 @@
 
 pub mod aggregate;
 pub mod batch;
+pub mod collect;
 pub mod errors;
 pub mod kds;
 pub mod pipeline;
