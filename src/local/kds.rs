@@ -84,6 +84,9 @@ pub struct FaultPlan {
     pub reshard_after_requests: Option<u64>,
     /// ListShards page size (to exercise pagination).
     pub list_shards_page_size: Option<usize>,
+    /// A request holding a record (or an aggregated sub-record) with this partition key is
+    /// rejected whole with ValidationException: a poison record.
+    pub poison_partition_key: Option<String>,
 }
 
 /// One stored record.
@@ -150,8 +153,11 @@ pub struct FakeStats {
     pub reshards: u64,
     /// Requests without an Authorization header.
     pub unsigned_requests: u64,
-    /// Requests rejected for a broken limit.
+    /// Requests rejected for a broken limit or a poison record.
     pub validation_errors: u64,
+    /// Indices of requests whose records were stored but whose answer was an error or came
+    /// too late: the client cannot know the outcome.
+    pub ambiguous_requests: Vec<u64>,
 }
 
 #[derive(Default)]
@@ -540,6 +546,18 @@ impl State {
             Ok(r) => r,
             Err((status, body)) => return (status, body, None),
         };
+        if let Some(poison) = self.faults.poison_partition_key.clone() {
+            let poisoned = records.iter().any(|(key, _, _, data)| {
+                *key == poison
+                    || crate::telemetry::aggregate::decode_aggregate(data)
+                        .is_ok_and(|subs| subs.iter().any(|s| s.partition_key == poison))
+            });
+            if poisoned {
+                self.stats.validation_errors += 1;
+                let (status, body) = error(400, "ValidationException", &format!("record with partition key {poison} is not acceptable"));
+                return (status, body, None);
+            }
+        }
         let scripted = self.faults.scripted.pop_front();
         if let Some(fault) = scripted.as_ref().filter(|f| !f.after_store) {
             self.stats.scripted_errors += 1;
@@ -614,8 +632,14 @@ impl State {
                 self.faults.reshard_after_requests = Some(after - 1);
             }
         }
+        if stall.is_some() {
+            self.stats.ambiguous_requests.push(request_index);
+        }
         if let Some(fault) = scripted {
             self.stats.scripted_errors += 1;
+            if !self.stats.ambiguous_requests.contains(&request_index) {
+                self.stats.ambiguous_requests.push(request_index);
+            }
             let (status, body) = error(fault.status, &fault.code, &fault.message);
             return (status, body, None);
         }
