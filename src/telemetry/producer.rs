@@ -159,7 +159,10 @@ struct Pending {
     not_before: Option<Instant>,
     in_flight: bool,
     max_request_records: usize,
-    aggregate: bool,
+    max_aggregate_members: usize,
+    /// Wait for a shard map newer than this generation (its aggregate landed in a shard the
+    /// map did not predict, so re-aggregating with the old map would repeat the mistake).
+    wait_for_map_after: Option<u64>,
 }
 
 struct InFlight {
@@ -185,6 +188,10 @@ pub struct Producer {
     acked: Vec<RecordId>,
     dead: Vec<DeadLetter>,
     refresh_credentials: bool,
+    map_generation: u64,
+    /// A ListShards answer (or failure) was seen: until then requests wait, so the first
+    /// records are aggregated per shard rather than sent raw.
+    map_attempted: bool,
     stats: ProducerStats,
 }
 
@@ -210,6 +217,8 @@ impl Producer {
             acked: Vec::new(),
             dead: Vec::new(),
             refresh_credentials: false,
+            map_generation: 0,
+            map_attempted: false,
             stats: ProducerStats::default(),
         }
     }
@@ -267,7 +276,8 @@ impl Producer {
                 not_before: None,
                 in_flight: false,
                 max_request_records,
-                aggregate: true,
+                max_aggregate_members: usize::MAX,
+                wait_for_map_after: None,
             },
         ) {
             self.pending_bytes -= previous.record.raw_bytes();
@@ -284,11 +294,14 @@ impl Producer {
         let open: std::collections::HashSet<&str> = map.shards().iter().map(|s| &*s.id).collect();
         self.limiters.retain(|id, _| open.contains(&**id));
         self.map = map;
+        self.map_generation += 1;
+        self.map_attempted = true;
         self.refresh.succeeded(now);
     }
 
     /// A ListShards refresh failed: retry later with backoff.
     pub fn shard_map_refresh_failed(&mut self, now: Instant) {
+        self.map_attempted = true;
         self.refresh.failed(now);
     }
 
@@ -369,7 +382,7 @@ impl Producer {
             }
             self.paused = None;
         }
-        if !self.backoff.is_ready(now) {
+        if !self.backoff.is_ready(now) || !self.map_attempted {
             return None;
         }
         if !self.flushing && !self.linger_over(now) {
@@ -388,7 +401,9 @@ impl Producer {
             if blocked.contains_key(&shard) {
                 continue;
             }
-            let not_ready = entry.in_flight || entry.not_before.is_some_and(|t| t > now);
+            let not_ready = entry.in_flight
+                || entry.not_before.is_some_and(|t| t > now)
+                || entry.wait_for_map_after.is_some_and(|g| g >= self.map_generation);
             if not_ready {
                 if self.config.strict_ordering {
                     blocked.insert(shard, ());
@@ -410,8 +425,8 @@ impl Producer {
             let Some(entry) = self.pending.get(&id) else {
                 continue;
             };
-            let (aggregate, max_records) = (entry.aggregate, entry.max_request_records);
-            match builder.offer(shard.as_ref(), budget, id, &entry.record, aggregate, max_records) {
+            let (aggregate_cap, max_records) = (entry.max_aggregate_members, entry.max_request_records);
+            match builder.offer(shard.as_ref(), budget, id, &entry.record, aggregate_cap, max_records) {
                 Offer::Added => {}
                 Offer::ShardFull => {
                     blocked.insert(shard, ());
@@ -421,7 +436,10 @@ impl Producer {
                         blocked.insert(shard, ());
                     }
                 }
-                Offer::RequestFull => break,
+                Offer::RequestFull => {
+                    // Records joining aggregates already open may still fit.
+                    blocked.insert(shard, ());
+                }
                 Offer::TooLarge => too_large.push(id),
             }
         }
@@ -475,6 +493,7 @@ impl Producer {
         }
         self.pending.values().any(|p| {
             !p.in_flight
+                && p.wait_for_map_after.is_none_or(|g| g < self.map_generation)
                 && if p.attempts > 0 {
                     p.not_before.is_none_or(|t| t <= now)
                 } else {
@@ -597,10 +616,15 @@ impl Producer {
                             self.deliver(id);
                         }
                     } else {
-                        // Stored, but a KCL consumer would discard it: send every member again.
+                        // Stored, but a KCL consumer would discard it: send every member again,
+                        // once the shard map was refreshed.
                         self.stats.wrong_shard_resends += members.len() as u64;
+                        self.refresh.request();
                         for &id in members {
                             self.retry(id, None);
+                            if let Some(entry) = self.pending.get_mut(&id) {
+                                entry.wait_for_map_after = Some(self.map_generation);
+                            }
                         }
                     }
                 }
@@ -684,9 +708,11 @@ impl Producer {
                         }
                     }
                 } else if members.len() > 1 {
+                    // One aggregate was refused: split it in halves, each in a request alone.
+                    let half = (members.len() / 2).max(1);
                     for &id in &members {
                         if let Some(entry) = self.pending.get_mut(&id) {
-                            entry.aggregate = false;
+                            entry.max_aggregate_members = entry.max_aggregate_members.min(half);
                             entry.max_request_records = 1;
                         }
                     }
@@ -829,6 +855,7 @@ mod tests {
     fn wrong_shard_aggregate_is_resent_in_full_and_raw_records_are_kept() {
         let t0 = Instant::now();
         let mut p = producer(ProducerConfig::default(), t0);
+        let generation = p.map_generation;
         // Two keys of shard 0 aggregate together.
         let keys: Vec<String> = (0..200)
             .map(|i| format!("k{i}"))
@@ -852,6 +879,11 @@ mod tests {
         assert!(p.take_acked().is_empty());
         assert_eq!(p.stats().wrong_shard_resends, 2);
         assert!(p.shard_map_refresh_due(t0));
+        // The members wait for a fresh map before going again.
+        assert!(p.poll_request(t0 + Duration::from_secs(1)).is_none());
+        p.set_shard_map(two_shards(), t0 + Duration::from_secs(1));
+        assert_eq!(p.map_generation, generation + 1);
+        assert!(p.poll_request(t0 + Duration::from_secs(1)).is_some());
     }
 
     #[test]
