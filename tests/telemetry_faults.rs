@@ -51,9 +51,17 @@ async fn fake(shards: u32, faults: FaultPlan) -> Fake {
 fn records(prefix: &str, count: usize) -> Vec<UserRecord> {
     (0..count)
         .map(|i| {
-            let data = format!("{{\"src\":\"{prefix}\",\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(50 + (i * 37) % 400));
-            UserRecord::new(format!("{prefix}-{}", i % 64), None, Bytes::from(data), 1 << 20)
-                .unwrap_or_else(|e| panic!("record: {e}"))
+            let data = format!(
+                "{{\"src\":\"{prefix}\",\"i\":{i},\"pad\":\"{}\"}}",
+                "x".repeat(50 + (i * 37) % 400)
+            );
+            UserRecord::new(
+                format!("{prefix}-{}", i % 64),
+                None,
+                Bytes::from(data),
+                1 << 20,
+            )
+            .unwrap_or_else(|e| panic!("record: {e}"))
         })
         .collect()
 }
@@ -80,18 +88,23 @@ async fn run(
     between: impl Fn(usize) + Send + 'static,
 ) -> ProducerStats {
     let client = support::client_with(&fake.server.url(), STREAM, credentials, request_timeout);
-    let spool = Spool::open(SpoolConfig::new(dir.join("spool"), 32 << 20)).unwrap_or_else(|e| panic!("spool: {e}"));
+    let spool = Spool::open(SpoolConfig::new(dir.join("spool"), 32 << 20))
+        .unwrap_or_else(|e| panic!("spool: {e}"));
     let shared = SharedSpool::new(spool);
     let mut waves = waves.into_iter();
     for record in waves.next().unwrap_or_default() {
-        shared.enqueue(&record).unwrap_or_else(|e| panic!("enqueue: {e}"));
+        shared
+            .enqueue(&record)
+            .unwrap_or_else(|e| panic!("enqueue: {e}"));
     }
-    let dead = DeadLetterFile::open(dir.join("dead.jsonl"), 1 << 20).unwrap_or_else(|e| panic!("dead letters: {e}"));
+    let dead = DeadLetterFile::open(dir.join("dead.jsonl"), 1 << 20)
+        .unwrap_or_else(|e| panic!("dead letters: {e}"));
     let settings = DriverSettings {
         sync_interval: Duration::from_millis(200),
         drain_timeout: Duration::from_secs(2),
     };
-    let task = ProducerTask::new(client, shared.clone(), dead, config, settings).unwrap_or_else(|e| panic!("task: {e}"));
+    let task = ProducerTask::new(client, shared.clone(), dead, config, settings)
+        .unwrap_or_else(|e| panic!("task: {e}"));
     let watcher = shared.clone();
     let deadline = Instant::now() + Duration::from_secs(30);
     let stats = task
@@ -106,7 +119,9 @@ async fn run(
                 wave_index += 1;
                 between(wave_index);
                 for record in wave {
-                    watcher.enqueue(&record).unwrap_or_else(|e| panic!("enqueue: {e}"));
+                    watcher
+                        .enqueue(&record)
+                        .unwrap_or_else(|e| panic!("enqueue: {e}"));
                 }
             }
         })
@@ -141,7 +156,10 @@ fn verify(fake: &Fake, sent: &[UserRecord], skip_keys: &[&str], name: &str) -> F
                     .map(|s| (s.partition_key, s.explicit_hash_key, s.data.to_vec()))
                     .collect()
             } else {
-                let ehk = stored.explicit_hash_key.as_deref().map(|t| HashKey::parse_decimal(t).unwrap_or_else(|e| panic!("{e}")));
+                let ehk = stored
+                    .explicit_hash_key
+                    .as_deref()
+                    .map(|t| HashKey::parse_decimal(t).unwrap_or_else(|e| panic!("{e}")));
                 vec![(stored.partition_key.clone(), ehk, stored.data.to_vec())]
             };
             let inside = subs.iter().all(|(key, ehk, _)| {
@@ -155,7 +173,10 @@ fn verify(fake: &Fake, sent: &[UserRecord], skip_keys: &[&str], name: &str) -> F
                 continue;
             }
             for (key, _, data) in subs {
-                copies.entry((key, data)).or_default().push(stored.request_index);
+                copies
+                    .entry((key, data))
+                    .or_default()
+                    .push(stored.request_index);
             }
         }
     }
@@ -165,7 +186,10 @@ fn verify(fake: &Fake, sent: &[UserRecord], skip_keys: &[&str], name: &str) -> F
         }
         let key = (record.partition_key().to_owned(), record.data().to_vec());
         let Some(indices) = copies.get(&key) else {
-            panic!("{name}: record {:?} was accepted but never delivered", record.partition_key());
+            panic!(
+                "{name}: record {:?} was accepted but never delivered",
+                record.partition_key()
+            );
         };
         figures.delivered += 1;
         if indices.len() > 1 {
@@ -217,7 +241,16 @@ async fn per_record_throttling_resends_only_the_failed_records() {
         },
         ..quick_config()
     };
-    let stats = run(&fake, dir.path(), vec![sent.clone()], config, support::credentials(), Duration::from_secs(5), |_| {}).await;
+    let stats = run(
+        &fake,
+        dir.path(),
+        vec![sent.clone()],
+        config,
+        support::credentials(),
+        Duration::from_secs(5),
+        |_| {},
+    )
+    .await;
     let figures = verify(&fake, &sent, &[], "per-record throttling");
     let fake_stats = fake.kds.stats();
     println!("  producer: {stats:?}");
@@ -259,12 +292,24 @@ async fn server_error_bursts_are_retried_and_only_unknown_outcomes_duplicate() {
         },
         ..quick_config()
     };
-    let stats = run(&fake, dir.path(), vec![sent.clone()], config, support::credentials(), Duration::from_secs(5), |_| {}).await;
+    let stats = run(
+        &fake,
+        dir.path(),
+        vec![sent.clone()],
+        config,
+        support::credentials(),
+        Duration::from_secs(5),
+        |_| {},
+    )
+    .await;
     let figures = verify(&fake, &sent, &[], "500/503 bursts");
     println!("  producer: {stats:?}");
     assert_eq!(stats.failed_requests, 5);
     assert!(stats.ambiguous_records > 0);
-    assert!(figures.duplicates > 0, "the after-store errors stored records the producer had to resend");
+    assert!(
+        figures.duplicates > 0,
+        "the after-store errors stored records the producer had to resend"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -288,10 +333,22 @@ async fn request_timeouts_are_retried_as_unknown_outcomes() {
         },
         ..quick_config()
     };
-    let stats = run(&fake, dir.path(), vec![sent.clone()], config, support::credentials(), Duration::from_millis(400), |_| {}).await;
+    let stats = run(
+        &fake,
+        dir.path(),
+        vec![sent.clone()],
+        config,
+        support::credentials(),
+        Duration::from_millis(400),
+        |_| {},
+    )
+    .await;
     let figures = verify(&fake, &sent, &[], "request timeouts");
     println!("  producer: {stats:?}");
-    assert!(stats.ambiguous_records > 0, "timeouts counted as unknown outcomes");
+    assert!(
+        stats.ambiguous_records > 0,
+        "timeouts counted as unknown outcomes"
+    );
     assert_eq!(fake.kds.stats().stalls, 2);
     assert!(figures.delivered == sent.len());
 }
@@ -318,7 +375,13 @@ impl ProvideCredentials for CountingProvider {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_token_forces_fresh_credentials() {
-    let expired = || ScriptedError::new(400, "ExpiredTokenException", "The security token included in the request is expired");
+    let expired = || {
+        ScriptedError::new(
+            400,
+            "ExpiredTokenException",
+            "The security token included in the request is expired",
+        )
+    };
     let fake = fake(
         2,
         FaultPlan {
@@ -327,7 +390,9 @@ async fn expired_token_forces_fresh_credentials() {
         },
     )
     .await;
-    let provider = Arc::new(CountingProvider { calls: AtomicU64::new(0) });
+    let provider = Arc::new(CountingProvider {
+        calls: AtomicU64::new(0),
+    });
     let cache = CredentialsCache::new(provider.clone(), Duration::from_secs(60));
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let sent = records("token", 200);
@@ -335,12 +400,24 @@ async fn expired_token_forces_fresh_credentials() {
         max_in_flight_requests: 1,
         ..quick_config()
     };
-    let stats = run(&fake, dir.path(), vec![sent.clone()], config, cache, Duration::from_secs(5), |_| {}).await;
+    let stats = run(
+        &fake,
+        dir.path(),
+        vec![sent.clone()],
+        config,
+        cache,
+        Duration::from_secs(5),
+        |_| {},
+    )
+    .await;
     let figures = verify(&fake, &sent, &[], "ExpiredTokenException");
     let calls = provider.calls.load(Ordering::SeqCst);
     println!("  producer: {stats:?}; credential fetches {calls}");
     assert_eq!(stats.credential_refreshes, 2);
-    assert!(calls >= 3, "first fetch plus one per expired token, got {calls}");
+    assert!(
+        calls >= 3,
+        "first fetch plus one per expired token, got {calls}"
+    );
     assert_eq!(figures.duplicates, 0);
 }
 
@@ -350,8 +427,16 @@ async fn operator_errors_pause_sending_and_keep_every_record() {
         2,
         FaultPlan {
             scripted: [
-                ScriptedError::new(400, "AccessDeniedException", "not authorized to perform kinesis:PutRecords"),
-                ScriptedError::new(400, "ResourceNotFoundException", "Stream edge-telemetry not found"),
+                ScriptedError::new(
+                    400,
+                    "AccessDeniedException",
+                    "not authorized to perform kinesis:PutRecords",
+                ),
+                ScriptedError::new(
+                    400,
+                    "ResourceNotFoundException",
+                    "Stream edge-telemetry not found",
+                ),
                 ScriptedError::new(400, "KMSDisabledException", "key disabled"),
             ]
             .into(),
@@ -366,11 +451,23 @@ async fn operator_errors_pause_sending_and_keep_every_record() {
         ..quick_config()
     };
     let started = Instant::now();
-    let stats = run(&fake, dir.path(), vec![sent.clone()], config, support::credentials(), Duration::from_secs(5), |_| {}).await;
+    let stats = run(
+        &fake,
+        dir.path(),
+        vec![sent.clone()],
+        config,
+        support::credentials(),
+        Duration::from_secs(5),
+        |_| {},
+    )
+    .await;
     let figures = verify(&fake, &sent, &[], "operator-fixable errors");
     println!("  producer: {stats:?}");
     assert_eq!(stats.operator_pauses, 3);
-    assert!(started.elapsed() >= Duration::from_millis(600), "three pauses of 200 ms");
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "three pauses of 200 ms"
+    );
     assert_eq!(stats.dead_lettered, 0);
     assert_eq!(figures.duplicates, 0);
 }
@@ -387,20 +484,39 @@ async fn a_poison_record_is_isolated_and_dead_lettered_with_the_reason() {
     .await;
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let mut sent = records("ok", 120);
-    let poison = UserRecord::new("poison", None, Bytes::from_static(b"{\"bad\":true}"), 1 << 20)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let poison = UserRecord::new(
+        "poison",
+        None,
+        Bytes::from_static(b"{\"bad\":true}"),
+        1 << 20,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     sent.insert(60, poison);
-    let stats = run(&fake, dir.path(), vec![sent.clone()], quick_config(), support::credentials(), Duration::from_secs(5), |_| {}).await;
+    let stats = run(
+        &fake,
+        dir.path(),
+        vec![sent.clone()],
+        quick_config(),
+        support::credentials(),
+        Duration::from_secs(5),
+        |_| {},
+    )
+    .await;
     let figures = verify(&fake, &sent, &["poison"], "poison record");
     println!("  producer: {stats:?}");
-    let dead = std::fs::read_to_string(dir.path().join("dead.jsonl")).unwrap_or_else(|e| panic!("{e}"));
+    let dead =
+        std::fs::read_to_string(dir.path().join("dead.jsonl")).unwrap_or_else(|e| panic!("{e}"));
     let lines: Vec<serde_json::Value> = dead
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}")))
         .collect();
     assert_eq!(lines.len(), 1, "{dead}");
     assert_eq!(lines[0]["partition_key"], "poison");
-    assert!(lines[0]["reason"].as_str().is_some_and(|r| r.contains("ValidationException")));
+    assert!(
+        lines[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("ValidationException"))
+    );
     assert_eq!(stats.dead_lettered, 1);
     assert_eq!(figures.delivered, 120);
 }
@@ -438,9 +554,16 @@ async fn a_reshard_between_two_batches_is_followed() {
     println!("  producer: {stats:?}");
     let shards = fake.kds.shards(STREAM);
     assert_eq!(shards.iter().filter(|s| !s.closed).count(), 4);
-    assert!(stats.shard_map_changes_seen > 0, "responses showed the new shards");
+    assert!(
+        stats.shard_map_changes_seen > 0,
+        "responses showed the new shards"
+    );
     // Records after the reshard landed in the children.
-    let children_records: usize = shards.iter().filter(|s| s.parent.is_some()).map(|s| s.records.len()).sum();
+    let children_records: usize = shards
+        .iter()
+        .filter(|s| s.parent.is_some())
+        .map(|s| s.records.len())
+        .sum();
     assert!(children_records > 0);
     assert_eq!(
         figures.discarded_aggregates > 0,
@@ -467,10 +590,17 @@ async fn child_producer_process() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let dir = Path::new(&spool_dir);
-    let spool = Spool::open(SpoolConfig::new(dir.join("spool"), 32 << 20)).unwrap_or_else(|e| panic!("spool: {e}"));
+    let spool = Spool::open(SpoolConfig::new(dir.join("spool"), 32 << 20))
+        .unwrap_or_else(|e| panic!("spool: {e}"));
     let shared = SharedSpool::new(spool);
-    let client = support::client_with(&endpoint, STREAM, support::credentials(), Duration::from_secs(5));
-    let dead = DeadLetterFile::open(dir.join("dead.jsonl"), 1 << 20).unwrap_or_else(|e| panic!("{e}"));
+    let client = support::client_with(
+        &endpoint,
+        STREAM,
+        support::credentials(),
+        Duration::from_secs(5),
+    );
+    let dead =
+        DeadLetterFile::open(dir.join("dead.jsonl"), 1 << 20).unwrap_or_else(|e| panic!("{e}"));
     let config = ProducerConfig {
         max_in_flight_requests: 4,
         limits: BatchLimits {
@@ -480,15 +610,23 @@ async fn child_producer_process() {
         },
         ..quick_config()
     };
-    let task = ProducerTask::new(client, shared.clone(), dead, config, DriverSettings::default())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let task = ProducerTask::new(
+        client,
+        shared.clone(),
+        dead,
+        config,
+        DriverSettings::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let writer = shared.clone();
     let stats = task
         .run(async move {
             let all = records("kill", to_accept);
             for (i, chunk) in all.chunks(25).enumerate() {
                 for record in chunk {
-                    writer.enqueue(record).unwrap_or_else(|e| panic!("enqueue: {e}"));
+                    writer
+                        .enqueue(record)
+                        .unwrap_or_else(|e| panic!("enqueue: {e}"));
                 }
                 // The parent counts a record as accepted once this line is printed.
                 println!("ACCEPTED {}", (i * 25 + chunk.len()));
@@ -506,7 +644,13 @@ async fn child_producer_process() {
 fn spawn_child(dir: &Path, endpoint: &str, records: usize) -> std::process::Child {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
     std::process::Command::new(exe)
-        .args(["child_producer_process", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "child_producer_process",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, dir)
         .env("KE_TELEMETRY_CHILD_ENDPOINT", endpoint)
         .env("KE_TELEMETRY_CHILD_RECORDS", records.to_string())
@@ -536,7 +680,10 @@ async fn sigkill_mid_batch_then_restart_loses_nothing() {
     let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if tx.send(line).is_err() {
                 break;
             }
@@ -548,7 +695,10 @@ async fn sigkill_mid_batch_then_restart_loses_nothing() {
     while fake.kds.stats().put_requests < 8 {
         if Instant::now() >= deadline {
             let lines: Vec<String> = rx.try_iter().collect();
-            panic!("child made no progress: fake {:?}, child said {lines:?}", fake.kds.stats());
+            panic!(
+                "child made no progress: fake {:?}, child said {lines:?}",
+                fake.kds.stats()
+            );
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -559,7 +709,10 @@ async fn sigkill_mid_batch_then_restart_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let accepted = rx
         .try_iter()
-        .filter_map(|line| line.strip_prefix("ACCEPTED ").and_then(|n| n.trim().parse::<usize>().ok()))
+        .filter_map(|line| {
+            line.strip_prefix("ACCEPTED ")
+                .and_then(|n| n.trim().parse::<usize>().ok())
+        })
         .max()
         .unwrap_or(0);
     let stored_at_kill: usize = fake
@@ -579,7 +732,8 @@ async fn sigkill_mid_batch_then_restart_loses_nothing() {
 
     // Requests in flight at the kill were at most the child's 4 last ones: only their records
     // may be stored twice.
-    let in_flight_at_kill: Vec<u64> = (requests_at_kill.saturating_sub(4)..requests_at_kill).collect();
+    let in_flight_at_kill: Vec<u64> =
+        (requests_at_kill.saturating_sub(4)..requests_at_kill).collect();
     let all = records("kill", total);
     let sent = &all[..accepted];
     let mut copies: HashMap<(String, Vec<u8>), Vec<u64>> = HashMap::new();
@@ -602,13 +756,20 @@ async fn sigkill_mid_batch_then_restart_loses_nothing() {
     let mut duplicates = 0;
     for record in sent {
         let key = (record.partition_key().to_owned(), record.data().to_vec());
-        let indices = copies
-            .get(&key)
-            .unwrap_or_else(|| panic!("accepted record {:?} lost across SIGKILL", record.partition_key()));
+        let indices = copies.get(&key).unwrap_or_else(|| {
+            panic!(
+                "accepted record {:?} lost across SIGKILL",
+                record.partition_key()
+            )
+        });
         if indices.len() > 1 {
             duplicates += indices.len() - 1;
             assert!(
-                indices.iter().filter(|i| !in_flight_at_kill.contains(i)).count() <= 1,
+                indices
+                    .iter()
+                    .filter(|i| !in_flight_at_kill.contains(i))
+                    .count()
+                    <= 1,
                 "record stored by {indices:?}; only requests {in_flight_at_kill:?} were in flight at the kill"
             );
         }

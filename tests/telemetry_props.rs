@@ -100,16 +100,29 @@ fn aggregates_round_trip_through_aws_kinesis_agg() {
         let tree = case_strategy
             .new_tree(&mut runner)
             .unwrap_or_else(|e| panic!("strategy: {e}"));
-        let records: Vec<UserRecord> = tree.current().iter().filter_map(|s| user_record(s, 1 << 20)).collect();
+        let records: Vec<UserRecord> = tree
+            .current()
+            .iter()
+            .filter_map(|s| user_record(s, 1 << 20))
+            .collect();
         cases.push(records);
     }
     // Fixed edge cases: empty data, a record of exactly 1 MiB with its key, two halves that
     // fill one aggregate, a 256-character non-ASCII key.
-    let exact = UserRecord::new("k", None, data(0, (1 << 20) - 1), 1 << 20).unwrap_or_else(|e| panic!("{e}"));
-    let half = |o| UserRecord::new("half", None, data(o, 500_000), 1 << 20).unwrap_or_else(|e| panic!("{e}"));
-    let wide = UserRecord::new("鍵".repeat(256), Some(HashKey(u128::MAX)), Bytes::new(), 1 << 20)
+    let exact = UserRecord::new("k", None, data(0, (1 << 20) - 1), 1 << 20)
         .unwrap_or_else(|e| panic!("{e}"));
-    let empty = UserRecord::new("e", Some(HashKey(0)), Bytes::new(), 1 << 20).unwrap_or_else(|e| panic!("{e}"));
+    let half = |o| {
+        UserRecord::new("half", None, data(o, 500_000), 1 << 20).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let wide = UserRecord::new(
+        "鍵".repeat(256),
+        Some(HashKey(u128::MAX)),
+        Bytes::new(),
+        1 << 20,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let empty = UserRecord::new("e", Some(HashKey(0)), Bytes::new(), 1 << 20)
+        .unwrap_or_else(|e| panic!("{e}"));
     cases.push(vec![exact, half(1), half(2), wide, empty]);
 
     // Aggregate each case as the producer does for one shard: add until the limit, then start
@@ -122,7 +135,10 @@ fn aggregates_round_trip_through_aws_kinesis_agg() {
         let mut members = Vec::new();
         let mut flush = |builder: AggregateBuilder<usize>, members: &mut Vec<UserRecord>| {
             if let Some(kinesis) = builder.finish() {
-                assert!(kinesis.billed_bytes() <= 1 << 20, "aggregate over the record limit");
+                assert!(
+                    kinesis.billed_bytes() <= 1 << 20,
+                    "aggregate over the record limit"
+                );
                 outer.push((kinesis.partition_key.clone(), kinesis.data.to_vec()));
                 expected.push((kinesis.aggregated, std::mem::take(members)));
             }
@@ -130,8 +146,13 @@ fn aggregates_round_trip_through_aws_kinesis_agg() {
         for (i, record) in case.iter().enumerate() {
             user_records += 1;
             if builder.try_add(i, record).is_err() {
-                flush(std::mem::replace(&mut builder, AggregateBuilder::new(1 << 20)), &mut members);
-                builder.try_add(i, record).unwrap_or_else(|_| panic!("first record always fits"));
+                flush(
+                    std::mem::replace(&mut builder, AggregateBuilder::new(1 << 20)),
+                    &mut members,
+                );
+                builder
+                    .try_add(i, record)
+                    .unwrap_or_else(|_| panic!("first record always fits"));
             }
             members.push(record.clone());
         }
@@ -141,7 +162,10 @@ fn aggregates_round_trip_through_aws_kinesis_agg() {
     assert_eq!(decoded.len(), expected.len());
     let mut aggregates = 0;
     for ((aggregated, subs), (was_aggregated, members)) in decoded.iter().zip(&expected) {
-        assert_eq!(aggregated, was_aggregated, "aws-kinesis-agg disagrees on whether this is an aggregate");
+        assert_eq!(
+            aggregated, was_aggregated,
+            "aws-kinesis-agg disagrees on whether this is an aggregate"
+        );
         assert_eq!(subs.len(), members.len());
         if *was_aggregated {
             aggregates += 1;
@@ -150,7 +174,10 @@ fn aggregates_round_trip_through_aws_kinesis_agg() {
             assert_eq!(sub.partition_key, member.partition_key());
             assert_eq!(sub.data.as_slice(), member.data().as_ref());
             if *was_aggregated {
-                assert_eq!(sub.explicit_hash_key, member.explicit_hash_key().map(|k| k.to_string()));
+                assert_eq!(
+                    sub.explicit_hash_key,
+                    member.explicit_hash_key().map(|k| k.to_string())
+                );
             }
         }
     }
@@ -169,7 +196,11 @@ fn shard_map(count: u32) -> ShardMap {
         .map(|i| ShardDescription {
             shard_id: format!("shardId-{i:012}"),
             starting_hash_key: HashKey(i * step + u128::from(i > 0)),
-            ending_hash_key: HashKey(if i + 1 == count { u128::MAX } else { (i + 1) * step }),
+            ending_hash_key: HashKey(if i + 1 == count {
+                u128::MAX
+            } else {
+                (i + 1) * step
+            }),
             open: true,
         })
         .collect();
@@ -177,18 +208,25 @@ fn shard_map(count: u32) -> ShardMap {
 }
 
 fn limits_strategy() -> impl Strategy<Value = BatchLimits> {
-    (1usize..=500, 1usize..=10, 0usize..=9, any::<bool>(), 64usize..=(1 << 20)).prop_map(
-        |(records, record_mib, extra_mib, aggregation, aggregation_max)| {
-            let max_record_bytes = record_mib << 20;
-            BatchLimits {
-                max_records_per_request: records,
-                max_record_bytes,
-                max_request_bytes: (max_record_bytes + (extra_mib << 20)).min(10 << 20),
-                aggregation,
-                aggregation_max_bytes: aggregation_max,
-            }
-        },
+    (
+        1usize..=500,
+        1usize..=10,
+        0usize..=9,
+        any::<bool>(),
+        64usize..=(1 << 20),
     )
+        .prop_map(
+            |(records, record_mib, extra_mib, aggregation, aggregation_max)| {
+                let max_record_bytes = record_mib << 20;
+                BatchLimits {
+                    max_records_per_request: records,
+                    max_record_bytes,
+                    max_request_bytes: (max_record_bytes + (extra_mib << 20)).min(10 << 20),
+                    aggregation,
+                    aggregation_max_bytes: aggregation_max,
+                }
+            },
+        )
 }
 
 proptest! {

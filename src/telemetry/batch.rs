@@ -73,7 +73,12 @@ impl BatchLimits {
                 })
             }
         };
-        check("max_records_per_request", self.max_records_per_request, 1, MAX_RECORDS_PER_REQUEST)?;
+        check(
+            "max_records_per_request",
+            self.max_records_per_request,
+            1,
+            MAX_RECORDS_PER_REQUEST,
+        )?;
         check(
             "max_record_bytes",
             self.max_record_bytes,
@@ -86,7 +91,12 @@ impl BatchLimits {
             self.max_record_bytes,
             MAX_REQUEST_BYTES_CEILING,
         )?;
-        check("aggregation_max_bytes", self.aggregation_max_bytes, 64, MAX_STREAM_MAX_RECORD_BYTES)
+        check(
+            "aggregation_max_bytes",
+            self.aggregation_max_bytes,
+            64,
+            MAX_STREAM_MAX_RECORD_BYTES,
+        )
     }
 
     fn aggregate_limit(&self) -> usize {
@@ -127,6 +137,17 @@ pub enum Offer {
     RequestFull,
     /// The record alone is larger than the stream's maximum record size.
     TooLarge,
+}
+
+/// What one shard takes in a request, for charging its limiter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardTotal {
+    /// The shard (`None`: no shard map).
+    pub shard: Option<ShardId>,
+    /// Kinesis records.
+    pub records: usize,
+    /// Billed bytes.
+    pub bytes: usize,
 }
 
 /// One Kinesis record of a request, with the shard it was predicted for.
@@ -297,13 +318,16 @@ impl<T> RequestBuilder<T> {
         Offer::Added
     }
 
-    /// The finished request, shard by shard, plus (shard, Kinesis records, bytes) totals for
-    /// charging the limiters.
-    pub fn finish(self) -> (Vec<PlannedRecord<T>>, Vec<(Option<ShardId>, usize, usize)>) {
+    /// The finished request, shard by shard, plus per-shard totals for charging the limiters.
+    pub fn finish(self) -> (Vec<PlannedRecord<T>>, Vec<ShardTotal>) {
         let mut out = Vec::with_capacity(self.records);
         let mut totals = Vec::with_capacity(self.slots.len());
         for slot in self.slots {
-            totals.push((slot.shard.clone(), slot.records, slot.bytes));
+            totals.push(ShardTotal {
+                shard: slot.shard.clone(),
+                records: slot.records,
+                bytes: slot.bytes,
+            });
             let open = slot.open.and_then(AggregateBuilder::finish);
             for record in slot.closed.into_iter().chain(open) {
                 out.push(PlannedRecord {
@@ -346,18 +370,41 @@ mod tests {
         let (s0, s1) = (shard("s0"), shard("s1"));
         for i in 0..10 {
             let target = if i % 2 == 0 { &s0 } else { &s1 };
-            let offer = builder.offer(Some(target), ShardBudget::UNLIMITED, i, &record("k", 100), usize::MAX, 500);
+            let offer = builder.offer(
+                Some(target),
+                ShardBudget::UNLIMITED,
+                i,
+                &record("k", 100),
+                usize::MAX,
+                500,
+            );
             assert_eq!(offer, Offer::Added);
         }
-        let lone = builder.offer(None, ShardBudget::UNLIMITED, 10, &record("x", 5), usize::MAX, 500);
+        let lone = builder.offer(
+            None,
+            ShardBudget::UNLIMITED,
+            10,
+            &record("x", 5),
+            usize::MAX,
+            500,
+        );
         assert_eq!(lone, Offer::Added);
         assert_eq!(builder.kinesis_records(), 3);
         let expected_bytes = builder.bytes();
         let (planned, totals) = builder.finish();
         assert_eq!(planned.len(), 3);
-        assert_eq!(planned.iter().map(|p| p.record.billed_bytes()).sum::<usize>(), expected_bytes);
+        assert_eq!(
+            planned
+                .iter()
+                .map(|p| p.record.billed_bytes())
+                .sum::<usize>(),
+            expected_bytes
+        );
         let members: Vec<Vec<usize>> = planned.iter().map(|p| p.record.members.clone()).collect();
-        assert_eq!(members, vec![vec![0, 2, 4, 6, 8], vec![1, 3, 5, 7, 9], vec![10]]);
+        assert_eq!(
+            members,
+            vec![vec![0, 2, 4, 6, 8], vec![1, 3, 5, 7, 9], vec![10]]
+        );
         assert!(planned[0].record.aggregated && planned[1].record.aggregated);
         assert!(!planned[2].record.aggregated);
         assert_eq!(totals.len(), 3);
@@ -373,7 +420,14 @@ mod tests {
         let mut builder = RequestBuilder::new(limits);
         let mut added = 0;
         loop {
-            match builder.offer(None, ShardBudget::UNLIMITED, added, &record("k", 10), usize::MAX, 500) {
+            match builder.offer(
+                None,
+                ShardBudget::UNLIMITED,
+                added,
+                &record("k", 10),
+                usize::MAX,
+                500,
+            ) {
                 Offer::Added => added += 1,
                 Offer::RequestFull => break,
                 other => panic!("unexpected {other:?}"),
@@ -383,11 +437,28 @@ mod tests {
         // Bytes: 5 records of 1 MiB - 1 byte key = 1 MiB each fill 5 MiB exactly.
         let mut builder = RequestBuilder::new(limits);
         for i in 0..5 {
-            let offer = builder.offer(None, ShardBudget::UNLIMITED, i, &record("k", (1 << 20) - 1), usize::MAX, 500);
+            let offer = builder.offer(
+                None,
+                ShardBudget::UNLIMITED,
+                i,
+                &record("k", (1 << 20) - 1),
+                usize::MAX,
+                500,
+            );
             assert_eq!(offer, Offer::Added);
         }
         assert_eq!(builder.bytes(), 5 << 20);
-        assert_eq!(builder.offer(None, ShardBudget::UNLIMITED, 5, &record("k", 0), usize::MAX, 500), Offer::DoesNotFit);
+        assert_eq!(
+            builder.offer(
+                None,
+                ShardBudget::UNLIMITED,
+                5,
+                &record("k", 0),
+                usize::MAX,
+                500
+            ),
+            Offer::DoesNotFit
+        );
         let (planned, _) = builder.finish();
         assert_within(&limits, &planned);
     }
@@ -398,17 +469,29 @@ mod tests {
         let mut builder = RequestBuilder::new(limits);
         let big = UserRecord::with_valid_key("k".into(), None, Bytes::from(vec![0u8; 1 << 20]))
             .expect("valid key");
-        assert_eq!(builder.offer(None, ShardBudget::UNLIMITED, 0, &big, usize::MAX, 500), Offer::TooLarge);
+        assert_eq!(
+            builder.offer(None, ShardBudget::UNLIMITED, 0, &big, usize::MAX, 500),
+            Offer::TooLarge
+        );
         let s0 = shard("s0");
         let tight = ShardBudget {
             records: 1,
             bytes: 300,
             bucket_full: false,
         };
-        assert_eq!(builder.offer(Some(&s0), tight, 1, &record("k", 200), 1, 500), Offer::Added);
-        assert_eq!(builder.offer(Some(&s0), tight, 2, &record("k", 10), 1, 500), Offer::ShardFull);
+        assert_eq!(
+            builder.offer(Some(&s0), tight, 1, &record("k", 200), 1, 500),
+            Offer::Added
+        );
+        assert_eq!(
+            builder.offer(Some(&s0), tight, 2, &record("k", 10), 1, 500),
+            Offer::ShardFull
+        );
         // A bisect cap of 1 closes the request to more Kinesis records.
-        assert_eq!(builder.offer(None, ShardBudget::UNLIMITED, 3, &record("k", 10), 1, 1), Offer::RequestFull);
+        assert_eq!(
+            builder.offer(None, ShardBudget::UNLIMITED, 3, &record("k", 10), 1, 1),
+            Offer::RequestFull
+        );
         // An empty shard with a full bucket may send one record beyond its byte budget.
         let mut builder = RequestBuilder::new(limits);
         let full = ShardBudget {
@@ -416,11 +499,21 @@ mod tests {
             bytes: 100,
             bucket_full: true,
         };
-        assert_eq!(builder.offer(Some(&s0), full, 0, &record("k", 5000), usize::MAX, 500), Offer::Added);
+        assert_eq!(
+            builder.offer(Some(&s0), full, 0, &record("k", 5000), usize::MAX, 500),
+            Offer::Added
+        );
         // An aggregate cap of 2 closes the aggregate after two members.
         let mut builder = RequestBuilder::new(limits);
         for i in 0..5 {
-            let offer = builder.offer(Some(&s0), ShardBudget::UNLIMITED, i, &record("k", 10), 2, 500);
+            let offer = builder.offer(
+                Some(&s0),
+                ShardBudget::UNLIMITED,
+                i,
+                &record("k", 10),
+                2,
+                500,
+            );
             assert_eq!(offer, Offer::Added);
         }
         let (planned, _) = builder.finish();

@@ -230,14 +230,21 @@ impl Producer {
 
     /// Applies what DescribeStreamSummary said: the stream's maximum record size, and whether
     /// the service distributes records itself (then aggregation is turned off, with a warning).
-    pub fn apply_stream_settings(&mut self, max_record_bytes: Option<usize>, auto_distribution: bool) {
+    pub fn apply_stream_settings(
+        &mut self,
+        max_record_bytes: Option<usize>,
+        auto_distribution: bool,
+    ) {
         if let Some(max) = max_record_bytes {
             self.config.limits.max_record_bytes = max.clamp(
                 super::record::MIN_STREAM_MAX_RECORD_BYTES,
                 super::record::MAX_STREAM_MAX_RECORD_BYTES,
             );
-            self.config.limits.max_request_bytes =
-                self.config.limits.max_request_bytes.max(self.config.limits.max_record_bytes);
+            self.config.limits.max_request_bytes = self
+                .config
+                .limits
+                .max_request_bytes
+                .max(self.config.limits.max_record_bytes);
         }
         if auto_distribution && self.config.limits.aggregation {
             tracing::warn!(
@@ -397,20 +404,27 @@ impl Producer {
             let Some(entry) = self.pending.get(&id) else {
                 continue;
             };
-            let shard = self.map.shard_for(entry.record.hash_key()).map(|s| s.id.clone());
+            let shard = self
+                .map
+                .shard_for(entry.record.hash_key())
+                .map(|s| s.id.clone());
             if blocked.contains_key(&shard) {
                 continue;
             }
             let not_ready = entry.in_flight
                 || entry.not_before.is_some_and(|t| t > now)
-                || entry.wait_for_map_after.is_some_and(|g| g >= self.map_generation);
+                || entry
+                    .wait_for_map_after
+                    .is_some_and(|g| g >= self.map_generation);
             if not_ready {
                 if self.config.strict_ordering {
                     blocked.insert(shard, ());
                 }
                 continue;
             }
-            if self.config.strict_ordering && self.shards_in_flight.get(&shard).is_some_and(|&n| n > 0) {
+            if self.config.strict_ordering
+                && self.shards_in_flight.get(&shard).is_some_and(|&n| n > 0)
+            {
                 blocked.insert(shard, ());
                 continue;
             }
@@ -425,8 +439,16 @@ impl Producer {
             let Some(entry) = self.pending.get(&id) else {
                 continue;
             };
-            let (aggregate_cap, max_records) = (entry.max_aggregate_members, entry.max_request_records);
-            match builder.offer(shard.as_ref(), budget, id, &entry.record, aggregate_cap, max_records) {
+            let (aggregate_cap, max_records) =
+                (entry.max_aggregate_members, entry.max_request_records);
+            match builder.offer(
+                shard.as_ref(),
+                budget,
+                id,
+                &entry.record,
+                aggregate_cap,
+                max_records,
+            ) {
                 Offer::Added => {}
                 Offer::ShardFull => {
                     blocked.insert(shard, ());
@@ -457,12 +479,15 @@ impl Producer {
         }
         let (records, totals) = builder.finish();
         let mut shards = Vec::with_capacity(totals.len());
-        for (shard, count, bytes) in totals {
-            if let Some(limiter) = shard.as_ref().and_then(|s| self.limiters.get_mut(s)) {
-                limiter.take(count, bytes, now);
+        for total in totals {
+            if let Some(limiter) = total.shard.as_ref().and_then(|s| self.limiters.get_mut(s)) {
+                limiter.take(total.records, total.bytes, now);
             }
-            *self.shards_in_flight.entry(shard.clone()).or_insert(0) += 1;
-            shards.push(shard);
+            *self
+                .shards_in_flight
+                .entry(total.shard.clone())
+                .or_insert(0) += 1;
+            shards.push(total.shard);
         }
         for planned in &records {
             for member in &planned.record.members {
@@ -504,28 +529,33 @@ impl Producer {
 
     /// When the driver should call [`Producer::poll_request`] again at the latest.
     pub fn next_wakeup(&self, now: Instant) -> Instant {
-        let idle = now + Duration::from_secs(3600);
-        let mut wake = self.refresh.due_at(now).max(now);
-        if self.pending.values().all(|p| p.in_flight) {
-            return wake.min(idle);
-        }
-        let mut candidates = vec![now + Duration::from_millis(25)];
+        let mut wake = self
+            .refresh
+            .due_at(now)
+            .max(now)
+            .min(now + Duration::from_secs(3600));
         if let Some((until, _)) = &self.paused {
-            candidates.push(*until);
-        } else if let Some(at) = self.backoff.ready_at() {
-            candidates.push(at);
-        } else {
-            for p in self.pending.values().filter(|p| !p.in_flight) {
-                let at = match p.not_before {
-                    Some(t) => t,
-                    None => p.added + self.config.linger,
-                };
-                candidates.push(at.max(now));
-                break;
-            }
+            return wake.min((*until).max(now));
         }
-        if let Some(earliest) = candidates.into_iter().max() {
-            wake = wake.min(earliest);
+        if let Some(at) = self.backoff.ready_at() {
+            return wake.min(at.max(now));
+        }
+        let earliest = self
+            .pending
+            .values()
+            .filter(|p| {
+                !p.in_flight && p.wait_for_map_after.is_none_or(|g| g < self.map_generation)
+            })
+            .map(|p| match (p.not_before, p.attempts) {
+                (Some(at), _) => at,
+                (None, 0) => p.added + self.config.linger,
+                (None, _) => now,
+            })
+            .min();
+        if let Some(earliest) = earliest {
+            // A ready record may still wait for tokens or for a request slot: poll again soon,
+            // but not in a tight loop.
+            wake = wake.min(earliest.max(now + Duration::from_millis(10)));
         }
         wake
     }
@@ -605,7 +635,11 @@ impl Producer {
                     }
                     let all_inside = !planned.record.aggregated
                         || self.map.get(&shard_id).is_some_and(|shard| {
-                            planned.record.member_hash_keys.iter().all(|&k| shard.contains(k))
+                            planned
+                                .record
+                                .member_hash_keys
+                                .iter()
+                                .all(|&k| shard.contains(k))
                         });
                     if all_inside {
                         self.stats.kinesis_records_stored += 1;
@@ -638,7 +672,10 @@ impl Producer {
                         })
                     } else {
                         self.stats.internal_failures += members.len() as u64;
-                        let delay = self.config.retry_base.mul_f64(1.0 + self.jitter.next_unit());
+                        let delay = self
+                            .config
+                            .retry_base
+                            .mul_f64(1.0 + self.jitter.next_unit());
                         Some(now + delay)
                     };
                     self.stats.last_error = Some(format!("{code}: {message}"));
@@ -770,7 +807,11 @@ mod tests {
         plan.records
             .iter()
             .map(|p| RecordOutcome::Stored {
-                shard_id: p.shard.as_deref().unwrap_or("shardId-000000000000").to_owned(),
+                shard_id: p
+                    .shard
+                    .as_deref()
+                    .unwrap_or("shardId-000000000000")
+                    .to_owned(),
                 sequence_number: "1".into(),
             })
             .collect()
@@ -844,7 +885,11 @@ mod tests {
         // Throttled shards back off: nothing at once, the failed ones later.
         let later = t0 + Duration::from_secs(11);
         let retry = p.poll_request(later).expect("retry");
-        let mut resent: Vec<RecordId> = retry.records.iter().flat_map(|r| r.record.members.clone()).collect();
+        let mut resent: Vec<RecordId> = retry
+            .records
+            .iter()
+            .flat_map(|r| r.record.members.clone())
+            .collect();
         resent.sort_unstable();
         let mut failed = failed;
         failed.sort_unstable();
@@ -915,7 +960,11 @@ mod tests {
         };
         let mut now = t1;
         while let Some(plan) = p.poll_request(now) {
-            let members: Vec<RecordId> = plan.records.iter().flat_map(|r| r.record.members.clone()).collect();
+            let members: Vec<RecordId> = plan
+                .records
+                .iter()
+                .flat_map(|r| r.record.members.clone())
+                .collect();
             if members.contains(&1) {
                 rejected += 1;
                 p.on_failure(plan.id, &invalid, now);
@@ -930,7 +979,10 @@ mod tests {
         let dead = p.take_dead_letters();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead.first().map(|d| d.id), Some(1));
-        assert!(dead.first().is_some_and(|d| d.reason.contains("ValidationException")));
+        assert!(
+            dead.first()
+                .is_some_and(|d| d.reason.contains("ValidationException"))
+        );
     }
 
     #[test]
@@ -951,7 +1003,10 @@ mod tests {
         p.flush(true);
         let first = p.poll_request(t0).expect("first");
         assert_eq!(first.records.len(), 1);
-        assert!(p.poll_request(t0).is_none(), "the shard has a request in flight");
+        assert!(
+            p.poll_request(t0).is_none(),
+            "the shard has a request in flight"
+        );
         p.on_failure(
             first.id,
             &RequestFailure::Transport {
@@ -964,7 +1019,10 @@ mod tests {
         assert_eq!(p.stats().ambiguous_records, 1);
         let later = t0 + Duration::from_secs(1);
         let again = p.poll_request(later).expect("retry");
-        assert_eq!(again.records.first().map(|r| r.record.members.clone()), Some(vec![0]));
+        assert_eq!(
+            again.records.first().map(|r| r.record.members.clone()),
+            Some(vec![0])
+        );
     }
 
     #[test]
