@@ -21,7 +21,7 @@ use kinesis_edge::telemetry::{
     DeadLetterFile, DriverSettings, HashKey, ProducerConfig, ProducerStats, ProducerTask,
     SharedSpool, Spool, SpoolConfig, UserRecord,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
 use std::path::Path;
 use std::sync::Arc;
@@ -778,5 +778,100 @@ async fn sigkill_mid_batch_then_restart_loses_nothing() {
     println!(
         "SIGKILL mid-batch: accepted before kill {accepted} (printed), user records stored at kill {stored_at_kill}, requests at kill {requests_at_kill}, after restart every accepted record delivered; duplicates {duplicates} (all from the {} requests in flight at the kill); {delivered_beyond} more records enqueued after the last ACCEPTED line were delivered too",
         in_flight_at_kill.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_endpoint_speaks_kds_to_boto3_and_takes_faults_over_http() {
+    let fake = fake(3, FaultPlan::default()).await;
+    let http = reqwest::Client::new();
+    let plan = r#"{"throttle_every": 2, "throttle_budget": 20,
+                   "scripted": [{"status": 503, "code": "ServiceUnavailable", "message": "burst"}]}"#;
+    let answer = http
+        .post(format!(
+            "{}{}",
+            fake.server.url(),
+            kinesis_edge::local::kds::FAULTS_PATH
+        ))
+        .body(plan)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("fault control: {e}"));
+    assert_eq!(answer.status().as_u16(), 200);
+    let bad = http
+        .post(format!(
+            "{}{}",
+            fake.server.url(),
+            kinesis_edge::local::kds::FAULTS_PATH
+        ))
+        .body(r#"{"throttle_evry": 2}"#)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("fault control: {e}"));
+    assert_eq!(bad.status().as_u16(), 400, "unknown fields are refused");
+
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let sent = records("boto", 200);
+    let config = ProducerConfig {
+        limits: BatchLimits {
+            aggregation: false,
+            ..BatchLimits::default()
+        },
+        ..quick_config()
+    };
+    run(
+        &fake,
+        dir.path(),
+        vec![sent.clone()],
+        config,
+        support::credentials(),
+        Duration::from_secs(5),
+        |_| {},
+    )
+    .await;
+    let stats = http
+        .get(format!(
+            "{}{}",
+            fake.server.url(),
+            kinesis_edge::local::kds::STATS_PATH
+        ))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("stats: {e}"))
+        .bytes()
+        .await
+        .unwrap_or_else(|e| panic!("stats body: {e}"));
+    let stats: serde_json::Value =
+        serde_json::from_slice(&stats).unwrap_or_else(|e| panic!("stats JSON: {e}"));
+    assert_eq!(stats["records_throttled"], 20);
+    assert_eq!(stats["scripted_errors"], 1);
+    assert_eq!(stats["unsigned_requests"], 0, "every request was signed");
+
+    if let Err(reason) = support::ensure_aggregation_tools() {
+        println!("SKIPPED boto3 read-back: {reason}");
+        return;
+    }
+    let endpoint = fake.server.url();
+    let (shards, read) = tokio::task::spawn_blocking(move || support::read_back(&endpoint, STREAM))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(shards.len(), 3);
+    let ranges: HashMap<&str, (u128, u128)> = shards
+        .iter()
+        .map(|s| (s.id.as_str(), (s.start, s.end)))
+        .collect();
+    let mut seen = HashSet::new();
+    for record in &read {
+        let (start, end) = ranges[record.shard.as_str()];
+        let hash = HashKey::from_partition_key(&record.sub.partition_key).0;
+        assert!(start <= hash && hash <= end);
+        seen.insert((record.sub.partition_key.clone(), record.sub.data.clone()));
+    }
+    for record in &sent {
+        assert!(seen.contains(&(record.partition_key().to_owned(), record.data().to_vec())));
+    }
+    println!(
+        "boto3 read back {} records from the local endpoint's 3 shards",
+        read.len()
     );
 }

@@ -899,17 +899,150 @@ impl State {
     }
 }
 
+/// Path of the fault-injection control: `POST` a [`FaultControl`] JSON document.
+pub const FAULTS_PATH: &str = "/_local/kds/faults";
+/// Path of the counters: `GET` answers [`FakeStats`] as JSON.
+pub const STATS_PATH: &str = "/_local/kds/stats";
+
+/// A scripted error as the control takes it.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptedErrorControl {
+    /// HTTP status.
+    pub status: u16,
+    /// Error code.
+    pub code: String,
+    /// Message.
+    #[serde(default)]
+    pub message: String,
+    /// Store the records first.
+    #[serde(default)]
+    pub after_store: bool,
+}
+
+/// The fault plan as JSON, for the demo and for processes other than the test (every field
+/// optional; absent fields are off). `reshard_now` splits that stream's open shards at once.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultControl {
+    /// See [`FaultPlan::throttle_every`].
+    pub throttle_every: Option<u64>,
+    /// See [`FaultPlan::throttle_budget`].
+    #[serde(default)]
+    pub throttle_budget: u64,
+    /// See [`FaultPlan::internal_failure_every`].
+    pub internal_failure_every: Option<u64>,
+    /// See [`FaultPlan::internal_failure_budget`].
+    #[serde(default)]
+    pub internal_failure_budget: u64,
+    /// See [`FaultPlan::scripted`].
+    #[serde(default)]
+    pub scripted: Vec<ScriptedErrorControl>,
+    /// See [`FaultPlan::stall_requests`].
+    #[serde(default)]
+    pub stall_requests: u32,
+    /// See [`FaultPlan::stall_for`], in milliseconds.
+    #[serde(default)]
+    pub stall_for_ms: u64,
+    /// See [`FaultPlan::stall_after_store`].
+    #[serde(default)]
+    pub stall_after_store: bool,
+    /// See [`FaultPlan::reshard_after_requests`].
+    pub reshard_after_requests: Option<u64>,
+    /// See [`FaultPlan::list_shards_page_size`].
+    pub list_shards_page_size: Option<usize>,
+    /// See [`FaultPlan::poison_partition_key`].
+    pub poison_partition_key: Option<String>,
+    /// Split this stream's open shards now.
+    pub reshard_now: Option<String>,
+}
+
+impl From<FaultControl> for FaultPlan {
+    fn from(control: FaultControl) -> Self {
+        FaultPlan {
+            throttle_every: control.throttle_every,
+            throttle_budget: control.throttle_budget,
+            internal_failure_every: control.internal_failure_every,
+            internal_failure_budget: control.internal_failure_budget,
+            scripted: control
+                .scripted
+                .into_iter()
+                .map(|e| ScriptedError {
+                    status: e.status,
+                    code: e.code,
+                    message: e.message,
+                    after_store: e.after_store,
+                })
+                .collect(),
+            stall_requests: control.stall_requests,
+            stall_for: Duration::from_millis(control.stall_for_ms),
+            stall_after_store: control.stall_after_store,
+            reshard_after_requests: control.reshard_after_requests,
+            list_shards_page_size: control.list_shards_page_size,
+            poison_partition_key: control.poison_partition_key,
+        }
+    }
+}
+
+impl KdsHandler {
+    async fn control(
+        self: Arc<Self>,
+        request: http::Request<Incoming>,
+    ) -> http::Response<ResponseBody> {
+        if request.uri().path() == STATS_PATH {
+            let stats = self.stats();
+            return json_response(
+                200,
+                &json!({
+                    "put_requests": stats.put_requests,
+                    "records_stored": stats.records_stored,
+                    "records_throttled": stats.records_throttled,
+                    "records_internal_failure": stats.records_internal_failure,
+                    "scripted_errors": stats.scripted_errors,
+                    "stalls": stats.stalls,
+                    "reshards": stats.reshards,
+                    "unsigned_requests": stats.unsigned_requests,
+                    "validation_errors": stats.validation_errors,
+                    "ambiguous_requests": stats.ambiguous_requests,
+                }),
+            );
+        }
+        let body = match request.into_body().collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => {
+                return json_response(400, &json!({"message": format!("reading the body: {e}")}));
+            }
+        };
+        let control: FaultControl = match serde_json::from_slice(&body) {
+            Ok(control) => control,
+            Err(e) => return json_response(400, &json!({"message": format!("fault plan: {e}")})),
+        };
+        if let Some(stream) = control.reshard_now.clone() {
+            self.reshard(&stream);
+        }
+        self.set_faults(control.into());
+        json_response(200, &json!({"message": "fault plan replaced"}))
+    }
+}
+
 impl super::Handler for KdsHandler {
     fn accepts(&self, request: &http::Request<Incoming>) -> bool {
-        request
-            .headers()
-            .get("x-amz-target")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|t| t.starts_with(TARGET_PREFIX))
+        let path = request.uri().path();
+        let control = (path == FAULTS_PATH && request.method() == http::Method::POST)
+            || (path == STATS_PATH && request.method() == http::Method::GET);
+        control
+            || request
+                .headers()
+                .get("x-amz-target")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| t.starts_with(TARGET_PREFIX))
     }
 
     fn handle(self: Arc<Self>, request: http::Request<Incoming>) -> HandlerFuture {
         Box::pin(async move {
+            if request.headers().get("x-amz-target").is_none() {
+                return self.control(request).await;
+            }
             let operation = request
                 .headers()
                 .get("x-amz-target")
