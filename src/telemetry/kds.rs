@@ -44,6 +44,26 @@ pub struct ClientSettings {
     pub connect_timeout: Duration,
 }
 
+impl ClientSettings {
+    /// Settings for `region`: the endpoint from `telemetry.endpoint` (`endpoint_override`), else
+    /// `AWS_ENDPOINT_URL_KINESIS` / `AWS_ENDPOINT_URL` from `env`, else the regional endpoint
+    /// (plain http only to loopback); 6 s request and connect timeouts, as the KPL uses.
+    pub fn resolve(
+        region: &str,
+        endpoint_override: Option<&str>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, crate::aws::EndpointError> {
+        let endpoint =
+            crate::aws::resolve_endpoint(Service::Kinesis, region, endpoint_override, env)?;
+        Ok(ClientSettings {
+            endpoint,
+            region: region.to_owned(),
+            request_timeout: Duration::from_secs(6),
+            connect_timeout: Duration::from_secs(6),
+        })
+    }
+}
+
 /// What DescribeStreamSummary says about the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamSummary {
@@ -512,6 +532,22 @@ mod tests {
         assert_eq!(out, "\"a\\\"b\\\\c\\n\\u0001é\"");
         let parsed: String = serde_json::from_str(&out).expect("valid JSON");
         assert_eq!(parsed, "a\"b\\c\n\u{1}é");
+    }
+
+    #[test]
+    fn endpoint_comes_from_config_then_environment_then_region() {
+        let none = |_: &str| None;
+        let regional = ClientSettings::resolve("eu-west-1", None, &none).expect("regional");
+        assert_eq!(regional.endpoint, "https://kinesis.eu-west-1.amazonaws.com");
+        let env = |name: &str| {
+            (name == "AWS_ENDPOINT_URL_KINESIS").then(|| "http://127.0.0.1:4567".to_owned())
+        };
+        let local = ClientSettings::resolve("us-east-1", None, &env).expect("env override");
+        assert_eq!(local.endpoint, "http://127.0.0.1:4567");
+        let configured =
+            ClientSettings::resolve("us-east-1", Some("http://localhost:9"), &env).expect("config");
+        assert_eq!(configured.endpoint, "http://localhost:9");
+        assert!(ClientSettings::resolve("us-east-1", Some("http://10.0.0.1:80"), &none).is_err());
     }
 
     #[tokio::test]

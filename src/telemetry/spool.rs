@@ -537,6 +537,11 @@ impl Spool {
             .append(true)
             .open(&path)
             .map_err(io_error("create", &path))?;
+        // The new file's directory entry must survive a power cut too.
+        let dir = &self.config.dir;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error("sync directory", dir))?;
         self.segments.push_back(Segment {
             first_id: self.next_id,
             end_id: self.next_id,
