@@ -200,6 +200,11 @@ fn mux(path: &Path, video: Encoded, video_format: NalFormat, audio: Encoded) -> 
 fn tool(name: &str) -> bool {
     let found = Command::new(name).arg("--version").output().is_ok();
     if !found {
+        // scripts/test.sh and CI install every tool and require them.
+        assert!(
+            std::env::var_os("KINESIS_EDGE_REQUIRE_TOOLS").is_none(),
+            "required test tool missing: {name}"
+        );
         eprintln!("SKIP: {name} is not installed; its check is skipped");
     }
     found

@@ -848,7 +848,7 @@ async fn local_endpoint_speaks_kds_to_boto3_and_takes_faults_over_http() {
     assert_eq!(stats["unsigned_requests"], 0, "every request was signed");
 
     if let Err(reason) = support::ensure_aggregation_tools() {
-        println!("SKIPPED boto3 read-back: {reason}");
+        support::skip(&format!("boto3 read-back: {reason}"));
         return;
     }
     let endpoint = fake.server.url();

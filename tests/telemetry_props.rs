@@ -87,7 +87,7 @@ fn user_record(spec: &Spec, max_record_bytes: usize) -> Option<UserRecord> {
 #[test]
 fn aggregates_round_trip_through_aws_kinesis_agg() {
     if let Err(reason) = support::ensure_aggregation_tools() {
-        println!("SKIPPED: aws-kinesis-agg cannot be installed: {reason}");
+        support::skip(&format!("aws-kinesis-agg cannot be installed: {reason}"));
         return;
     }
     let mut runner = TestRunner::new(Config {

@@ -214,23 +214,31 @@ async fn round_trip(server: &support::ExternalServer) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moto_stores_every_record_in_its_shard() {
     if let Err(reason) = support::ensure_aggregation_tools() {
-        println!("SKIPPED: aws-kinesis-agg/boto3 cannot be installed: {reason}");
+        support::skip(&format!(
+            "aws-kinesis-agg/boto3 cannot be installed: {reason}"
+        ));
         return;
     }
     match support::start_moto() {
         Ok(server) => round_trip(&server).await,
-        Err(reason) => println!("SKIPPED: moto_server cannot be installed or started: {reason}"),
+        Err(reason) => support::skip(&format!(
+            "moto_server cannot be installed or started: {reason}"
+        )),
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kinesalite_stores_every_record_in_its_shard() {
     if let Err(reason) = support::ensure_aggregation_tools() {
-        println!("SKIPPED: aws-kinesis-agg/boto3 cannot be installed: {reason}");
+        support::skip(&format!(
+            "aws-kinesis-agg/boto3 cannot be installed: {reason}"
+        ));
         return;
     }
     match support::start_kinesalite() {
         Ok(server) => round_trip(&server).await,
-        Err(reason) => println!("SKIPPED: kinesalite cannot be installed or started: {reason}"),
+        Err(reason) => support::skip(&format!(
+            "kinesalite cannot be installed or started: {reason}"
+        )),
     }
 }

@@ -364,3 +364,13 @@ pub fn read_back(endpoint: &str, stream: &str) -> (Vec<ShardInfo>, Vec<ReadRecor
         .unwrap_or_default();
     (shards, records)
 }
+
+/// A test that cannot run because an external tool is missing: fails when
+/// `KINESIS_EDGE_REQUIRE_TOOLS` is set (scripts/test.sh and CI set it, after installing every
+/// tool), otherwise prints why it is skipped.
+pub fn skip(reason: &str) {
+    if std::env::var_os("KINESIS_EDGE_REQUIRE_TOOLS").is_some() {
+        panic!("required test tool missing: {reason}");
+    }
+    println!("SKIPPED: {reason}");
+}
