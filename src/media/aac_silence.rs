@@ -53,7 +53,10 @@ pub enum SilenceError {
         "AudioSpecificConfig signals {what} in its sync extension at bit {bit_offset}; silent \
          frames are built for plain AAC-LC only"
     )]
-    Extension { what: &'static str, bit_offset: usize },
+    Extension {
+        what: &'static str,
+        bit_offset: usize,
+    },
 }
 
 /// MSB-first bit writer into a fixed buffer; overflow is an error, never a panic.
@@ -203,7 +206,9 @@ fn check_extensions(codec_private: &[u8]) -> Result<(), SilenceError> {
     }
     // sbrPresentFlag 0 may still be followed by a PS sync word; refuse that too.
     let ps_at = r.bit_offset();
-    if r.bits(11, "syncExtensionType").is_ok_and(|s| s == SYNC_EXTENSION_PS) {
+    if r.bits(11, "syncExtensionType")
+        .is_ok_and(|s| s == SYNC_EXTENSION_PS)
+    {
         return Err(SilenceError::Extension {
             what: "PS (HE-AAC v2)",
             bit_offset: ps_at,
@@ -253,8 +258,14 @@ mod tests {
     fn mono_is_one_sce() {
         // SCE 000, tag 0000, ICS, END 111: 32 bits.
         //   00000000 | 11001000 | 00000000 | 00000111
-        assert_eq!(silent_raw_data_block(1).unwrap()[..], [0x00, 0xC8, 0x00, 0x07]);
-        assert_eq!(bytes_of(&format!("000 0000 {ICS} 111")), [0x00, 0xC8, 0x00, 0x07]);
+        assert_eq!(
+            silent_raw_data_block(1).unwrap()[..],
+            [0x00, 0xC8, 0x00, 0x07]
+        );
+        assert_eq!(
+            bytes_of(&format!("000 0000 {ICS} 111")),
+            [0x00, 0xC8, 0x00, 0x07]
+        );
     }
 
     #[test]
