@@ -244,7 +244,7 @@ mod tests {
     fn bytes_of(bits: &str) -> Vec<u8> {
         let bits: String = bits.chars().filter(|c| !c.is_whitespace()).collect();
         let mut padded = bits.clone();
-        while padded.len() % 8 != 0 {
+        while !padded.len().is_multiple_of(8) {
             padded.push('0');
         }
         padded

@@ -30,10 +30,10 @@
 //! - Every fragment holds a frame of every AAC track (KVS rejects one without, ACK 4011): a
 //!   fragment about to close (split, end-of-fragment, finish) in which an AAC track has no
 //!   frame gets one generated silent frame of that track ([`crate::media::aac_silence`]),
-//!   written after the fragment's blocks at its largest timecode — so before the next
-//!   fragment's first timecode and not before any frame in it — with that PTS. It is built
-//!   once per track at creation. Tracks that are not plain AAC-LC (HE-AAC) get no filler
-//!   (counted in `silence_unavailable`).
+//!   written after the fragment's blocks at its largest timecode and with its largest PTS —
+//!   so not before any frame in it, and before the next fragment's first timecode. The frame
+//!   is built once per track at creation and passed by reference. Tracks that are not plain
+//!   AAC-LC (HE-AAC) get no filler (counted in `silence_unavailable`).
 //! - Errors that concern one frame ([`MuxError::is_frame_error`]) drop that frame only; the
 //!   muxer stays usable. A sink error stops the muxer (the output position is unknown).
 
