@@ -41,12 +41,12 @@ impl BodySender {
         self.chunks.capacity() > 0
     }
 
-    /// Queues `chunk` for the socket. Fails when the channel is full (await
-    /// [`Self::ready`] first) or the connection is gone.
+    /// Queues `chunk` for the socket. Fails, handing the chunk back, when the channel is full
+    /// (await [`Self::ready`] first) or the connection is gone.
     pub fn send(&self, chunk: Bytes) -> Result<(), SendError> {
         self.chunks.try_send(chunk).map_err(|error| match error {
-            mpsc::error::TrySendError::Full(_) => SendError::Full,
-            mpsc::error::TrySendError::Closed(_) => SendError::Closed(BodyClosed),
+            mpsc::error::TrySendError::Full(chunk) => SendError::Full(chunk),
+            mpsc::error::TrySendError::Closed(chunk) => SendError::Closed(chunk),
         })
     }
 
@@ -62,15 +62,15 @@ impl BodySender {
     }
 }
 
-/// Why [`BodySender::send`] did not queue a chunk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+/// Why [`BodySender::send`] did not queue a chunk; the chunk comes back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
     /// The channel is full.
     #[error("the PutMedia body channel is full")]
-    Full,
-    /// The connection is gone.
-    #[error(transparent)]
-    Closed(#[from] BodyClosed),
+    Full(Bytes),
+    /// The connection no longer reads its body.
+    #[error("the PutMedia connection no longer reads its request body")]
+    Closed(Bytes),
 }
 
 /// The reading end, as a stream hyper polls while it writes the request.
@@ -147,7 +147,10 @@ mod tests {
         let (tx, mut rx) = stream_pair(2);
         assert!(tx.send(Bytes::from_static(b"a")).is_ok());
         assert!(tx.send(Bytes::from_static(b"b")).is_ok());
-        assert_eq!(tx.send(Bytes::from_static(b"c")), Err(SendError::Full));
+        assert_eq!(
+            tx.send(Bytes::from_static(b"c")),
+            Err(SendError::Full(Bytes::from_static(b"c")))
+        );
         assert!(!tx.has_room());
         tx.finish();
         assert_eq!(next(&mut rx).await.and_then(Result::ok).as_deref(), Some(&b"a"[..]));
@@ -173,7 +176,7 @@ mod tests {
         drop(rx);
         assert_eq!(
             tx.send(Bytes::from_static(b"x")),
-            Err(SendError::Closed(BodyClosed))
+            Err(SendError::Closed(Bytes::from_static(b"x")))
         );
         assert_eq!(tx.ready().await, Err(BodyClosed));
     }
