@@ -13,12 +13,20 @@ const FRAME_BYTES: usize = 16_900;
 const FRAGMENT_BYTES: u64 = (FRAMES * (FRAME_BYTES + 16)) as u64;
 
 fn write_fragments(fsync: bool, fragments: u64) -> Duration {
+    write_fragments_synced(fsync, fragments, false)
+}
+
+/// `sync_each`: wait until each fragment is durable before the next (the live pattern: one
+/// fsync per fragment), else only at the end (the disk thread batches what queued up).
+fn write_fragments_synced(fsync: bool, fragments: u64, sync_each: bool) -> Duration {
     let dir = match tempfile::tempdir() {
         Ok(dir) => dir,
         Err(e) => panic!("bench needs a temporary directory: {e}"),
     };
+    // Memory holds the whole run: the writer outpaces the disk here (not at 0.5 MB/s live),
+    // and nothing may be evicted before it is written.
     let budgets = Budgets {
-        memory_bytes: 8 << 20,
+        memory_bytes: 64 << 20,
         disk_bytes: 4 << 30,
         fsync,
     };
@@ -27,13 +35,26 @@ fn write_fragments(fsync: bool, fragments: u64) -> Duration {
         Err(e) => panic!("open: {e}"),
     };
     let start = Instant::now();
-    if let Err(e) = write_into(&mut writer, fragments) {
+    let written = if sync_each {
+        (0..fragments).try_for_each(|n| {
+            write_range(&mut writer, n, n + 1)?;
+            writer.sync().map_err(std::io::Error::other)
+        })
+    } else {
+        write_into(&mut writer, fragments)
+    };
+    if let Err(e) = written {
         panic!("write: {e}");
     }
     if let Err(e) = writer.sync() {
         panic!("sync: {e}");
     }
     let elapsed = start.elapsed();
+    let stats = writer.stats();
+    assert_eq!(
+        (stats.fragments_evicted, stats.fragments_not_durable),
+        (0, 0)
+    );
     drop(reader);
     drop(writer);
     elapsed
@@ -42,10 +63,17 @@ fn write_fragments(fsync: bool, fragments: u64) -> Duration {
 /// Writes `fragments` fragments the way the muxer does: per frame a block header by `write`,
 /// the payload by reference.
 fn write_into(writer: &mut impl MuxSink, fragments: u64) -> std::io::Result<()> {
+    write_range(writer, 0, fragments)
+}
+
+/// Fragments `first..end`; the stream header goes first when `first` is 0.
+fn write_range(writer: &mut impl MuxSink, first: u64, end: u64) -> std::io::Result<()> {
     let payload = Bytes::from(vec![0x5au8; FRAME_BYTES]);
     let block_header = [0xa3u8; 16];
-    writer.stream_header(&Bytes::from_static(b"\x1a\x45\xdf\xa3 stream header"))?;
-    for n in 0..fragments {
+    if first == 0 {
+        writer.stream_header(&Bytes::from_static(b"\x1a\x45\xdf\xa3 stream header"))?;
+    }
+    for n in first..end {
         let pts = 1_700_000_000_000_000_000 + n * 2_000_000_000;
         writer.fragment_start(&FragmentStart {
             sequence: n,
@@ -107,6 +135,13 @@ fn bench_append_close(c: &mut Criterion) {
             b.iter_custom(|iters| (0..iters).map(|_| write_fragments(fsync, 16)).sum());
         });
     }
+    group.bench_function("1MB_fragments_fsync_on_durable_each", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| write_fragments_synced(true, 16, true))
+                .sum()
+        });
+    });
     group.finish();
 }
 
@@ -120,7 +155,7 @@ fn bench_recovery(c: &mut Criterion) {
     };
     {
         let budgets = Budgets {
-            memory_bytes: 8 << 20,
+            memory_bytes: 128 << 20,
             disk_bytes: 4 << 30,
             fsync: false,
         };

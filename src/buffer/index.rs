@@ -753,9 +753,10 @@ impl State {
     }
 
     /// Keeps memory within its budget: first drops memory copies of closed fragments that are on
-    /// disk (oldest first, not the ones the reader is at); then, if the disk cannot take them
-    /// (no disk tier, failing disk, or far behind), evicts the oldest closed fragments that are
-    /// not on disk (never the one partly sent).
+    /// disk (oldest first, not the ones the reader is at); then evicts the oldest closed
+    /// fragments that are not on disk (never the one partly sent): down to the budget when there
+    /// is no disk tier or the last write failed, down to the hard limit (budget + max(budget,
+    /// 8 MiB)) when the disk is only behind.
     pub fn enforce_memory_budget(&mut self) {
         if self.memory_bytes <= self.memory_budget {
             return;
@@ -779,13 +780,14 @@ impl State {
         let hard_limit = self
             .memory_budget
             .saturating_add(self.memory_budget.max(MEMORY_SLACK_MIN));
-        let disk_cannot_take =
-            !self.disk.enabled || self.disk.blocked || self.memory_bytes > hard_limit;
         let mut i = 0;
         while self.memory_bytes > self.memory_budget {
             let Some(entry) = self.entries.get(i) else {
                 break;
             };
+            // A disk that is merely behind gets memory up to the hard limit to catch up.
+            let disk_cannot_take =
+                !self.disk.enabled || self.disk.blocked || self.memory_bytes > hard_limit;
             let evictable = entry.closed
                 && entry.mem.is_some()
                 && self.in_flight != Some(entry.id)
@@ -831,7 +833,11 @@ impl State {
             let batch_limit = self.disk.budget / 4;
             let mut batch_bytes = 0u64;
             while let Some(&id) = self.disk.queue.front() {
-                if batch_bytes > 0 && batch_bytes >= batch_limit {
+                let next_bytes = self
+                    .index_of(id)
+                    .and_then(|i| self.entries.get(i))
+                    .map_or(0, |e| e.bytes + e.session.header.len() as u64);
+                if batch_bytes > 0 && batch_bytes + next_bytes > batch_limit {
                     break;
                 }
                 self.disk.queue.pop_front();
@@ -946,7 +952,7 @@ impl State {
     }
 
     fn plan_loads(&mut self, work: &mut DiskWork) {
-        if !self.disk.enabled {
+        if !self.disk.enabled || self.reader_closed {
             return;
         }
         let start = self.entries.partition_point(|e| e.id < self.cursor.next);
@@ -980,6 +986,11 @@ impl State {
     /// Applies what the disk thread did. Returns whether the reader should be woken.
     pub fn apply_disk_outcome(&mut self, outcome: DiskOutcome) -> bool {
         let mut wake_reader = false;
+        // Deletions first: a segment deleted in this batch may have been created again under
+        // the same name by a write that followed.
+        for segment in &outcome.deleted {
+            self.disk.segments.remove(segment);
+        }
         if outcome.active.is_some() {
             self.disk.active = outcome.active;
         }
@@ -1064,9 +1075,6 @@ impl State {
                 }
             }
             wake_reader = true;
-        }
-        for segment in outcome.deleted {
-            self.disk.segments.remove(&segment);
         }
         for segment in outcome.retired {
             if let Some(book) = self.disk.segments.get_mut(&segment)
@@ -1346,6 +1354,28 @@ mod tests {
         assert!(st.fragments().iter().all(|f| f.on_disk));
         assert_eq!(st.stats().bytes_in_memory, 200);
         assert_eq!(st.stats().memory_copies_dropped, 3);
+    }
+
+    #[test]
+    fn queued_fragments_are_evicted_only_when_the_disk_lags_far_behind_or_fails() {
+        let mut st = disk_state(1000, 1 << 30);
+        let session = st.new_session(Bytes::from_static(b"hdr"), 0);
+        // Waiting for the disk thread: over budget, but nothing goes.
+        add(&mut st, &session, 3 << 20);
+        add(&mut st, &session, 3 << 20);
+        assert_eq!(ids(&st), vec![0, 1]);
+        // Beyond budget + 8 MiB the oldest go.
+        add(&mut st, &session, 3 << 20);
+        assert_eq!(ids(&st), vec![1, 2]);
+        assert_eq!(st.stats().fragments_evicted, 1);
+        // A failed write: memory-only fragments are evicted down to the budget at once.
+        let work = st.take_disk_work().unwrap_or_default();
+        st.apply_disk_outcome(DiskOutcome {
+            failed: Some((work.writes.iter().map(|w| w.id).collect(), "EIO".into())),
+            ..DiskOutcome::default()
+        });
+        assert!(ids(&st).is_empty());
+        assert_eq!(st.stats().fragments_evicted, 3);
     }
 
     #[test]

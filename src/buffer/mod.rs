@@ -27,6 +27,40 @@
 //! tail ≤ send ≤ head by id. Fragments that leave the log (ACK, skip, eviction) are simply
 //! stepped over by the cursor.
 //!
+//! # The uploader's loop
+//!
+//! ```no_run
+//! use kinesis_edge::buffer::{Budgets, FragmentLog, ReadResult};
+//!
+//! # async fn uploader() -> Result<(), Box<dyn std::error::Error>> {
+//! let (writer, mut reader, _report) =
+//!     FragmentLog::open("/var/lib/kinesis-edge", Budgets::default(), "front-door")?;
+//! // `writer` goes to the muxer: it implements `mkv::MuxSink`.
+//! # drop(writer);
+//! reader.set_retention(true); // from DescribeStream: DataRetentionInHours > 0
+//! 'connection: loop {
+//!     reader.rewind_to_first_unacked();
+//!     loop {
+//!         match reader.next().await {
+//!             ReadResult::Session(session) => {
+//!                 // End the current PutMedia (if any) and open one with
+//!                 // session.producer_start_pts_ns(); its body starts with session.header().
+//!             }
+//!             ReadResult::FragmentStart(meta) => { /* pace; remember (meta.session, meta.timecode_ms) */ }
+//!             ReadResult::Chunk(bytes) => { /* send `bytes` on the request body */ }
+//!             ReadResult::FragmentEnd(_) | ReadResult::Pending => {}
+//!             ReadResult::SessionEnd { trailer, .. } => { /* send the trailer, end the body */ }
+//!             ReadResult::FragmentAborted(_) => continue 'connection, // drop the connection
+//!             ReadResult::Finished => return Ok(()),
+//!         }
+//!     }
+//! }
+//! // Beside it, for each ACK of the connection's session:
+//! //   PERSISTED  -> reader.ack(session, fragment_timecode, AckKind::Persisted)
+//! //   ERROR (not retriable) -> reader.skip(session, fragment_timecode, error_id), then reconnect
+//! # }
+//! ```
+//!
 //! # Invariants
 //!
 //! 1. A fragment leaves the log only by a final ACK (PERSISTED; RECEIVED when the stream has no
@@ -41,8 +75,9 @@
 //! 4. Memory: when over budget, memory copies of the oldest closed fragments that are on disk
 //!    are dropped first (reads then come from disk), except the partly-sent fragment and the
 //!    next [`READAHEAD_FRAGMENTS`](index::READAHEAD_FRAGMENTS) the reader will read. Closed
-//!    fragments not on disk are evicted only if the disk cannot take them (no disk tier, last
-//!    write failed, or memory beyond twice the budget / budget + 8 MiB while the disk lags).
+//!    fragments not on disk are evicted, oldest first, only down to the budget when there is no
+//!    disk tier or the last write failed, and only down to budget + max(budget, 8 MiB) while
+//!    the disk thread is merely behind.
 //! 5. Disk: segment files are deleted whole once every fragment in them is done. To stay within
 //!    the disk budget the oldest segment is evicted whole (the partly-sent fragment only loses
 //!    its disk copy).
@@ -133,7 +168,6 @@ pub enum AckError {
 }
 
 /// State shared by the writer, the reader and the disk thread.
-#[derive(Debug)]
 pub(crate) struct Shared {
     state: Mutex<State>,
     /// The disk thread sleeps on it.
@@ -145,6 +179,18 @@ pub(crate) struct Shared {
     worker: Mutex<Option<JoinHandle<()>>>,
     #[cfg(test)]
     inject_write_errors: std::sync::atomic::AtomicU32,
+}
+
+impl std::fmt::Debug for Shared {
+    /// A summary: the index holds every fragment's bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let stats = self.lock().stats();
+        f.debug_struct("FragmentLog")
+            .field("fragments", &stats.fragments_buffered)
+            .field("bytes_in_memory", &stats.bytes_in_memory)
+            .field("bytes_on_disk", &stats.bytes_on_disk)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
@@ -536,6 +582,17 @@ mod tests {
         assert!(w.sync().is_ok());
         drop(w);
         assert_eq!(read_all(&mut r), written);
+    }
+
+    #[test]
+    fn handles_move_to_other_threads() {
+        fn send<T: Send>() {}
+        fn sync<T: Sync>() {}
+        send::<FragmentWriter>();
+        send::<FragmentReader>();
+        sync::<FragmentReader>();
+        send::<StatsHandle>();
+        sync::<StatsHandle>();
     }
 
     #[test]
