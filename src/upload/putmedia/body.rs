@@ -33,7 +33,11 @@ pub struct BodyClosed;
 impl BodySender {
     /// Waits until one more chunk fits in the channel. Cancel-safe.
     pub async fn ready(&self) -> Result<(), BodyClosed> {
-        self.chunks.reserve().await.map(drop).map_err(|_| BodyClosed)
+        self.chunks
+            .reserve()
+            .await
+            .map(drop)
+            .map_err(|_| BodyClosed)
     }
 
     /// Whether a chunk fits now.
@@ -153,8 +157,14 @@ mod tests {
         );
         assert!(!tx.has_room());
         tx.finish();
-        assert_eq!(next(&mut rx).await.and_then(Result::ok).as_deref(), Some(&b"a"[..]));
-        assert_eq!(next(&mut rx).await.and_then(Result::ok).as_deref(), Some(&b"b"[..]));
+        assert_eq!(
+            next(&mut rx).await.and_then(Result::ok).as_deref(),
+            Some(&b"a"[..])
+        );
+        assert_eq!(
+            next(&mut rx).await.and_then(Result::ok).as_deref(),
+            Some(&b"b"[..])
+        );
         assert!(next(&mut rx).await.is_none());
     }
 

@@ -626,8 +626,13 @@ impl PutMediaDriver {
             conn.close();
             // A clean end with nothing unacknowledged: the session goes idle and reconnects
             // once the log shows data, i.e. at once.
-            self.session
-                .handle(Event::ConnectionClosed { conn: id, failure: None }, now);
+            self.session.handle(
+                Event::ConnectionClosed {
+                    conn: id,
+                    failure: None,
+                },
+                now,
+            );
         }
     }
 
@@ -727,7 +732,9 @@ impl PutMediaDriver {
                         offset_ms,
                         "the service refused the request time; signing with the service's clock from now on"
                     ),
-                    Err(error) => tracing::warn!(stream = %self.stream_name, %error, "cannot learn the clock skew"),
+                    Err(error) => {
+                        tracing::warn!(stream = %self.stream_name, %error, "cannot learn the clock skew")
+                    }
                 }
             }
             Action::AckFragment { timecode_ms, kind } => self.ack_fragment(timecode_ms, kind),
@@ -742,7 +749,9 @@ impl PutMediaDriver {
                             %code,
                             "the service refused the fragment for good; skipped"
                         ),
-                        Err(error) => tracing::warn!(stream = %self.stream_name, %error, "skip not applied"),
+                        Err(error) => {
+                            tracing::warn!(stream = %self.stream_name, %error, "skip not applied")
+                        }
                     }
                 }
                 UploadCounters::add(&self.counters.fragments_skipped, 1);
@@ -858,7 +867,9 @@ impl PutMediaDriver {
                 operation,
                 class,
                 detail,
-            } => tracing::warn!(stream, operation = operation.name(), ?class, %detail, "control call failed"),
+            } => {
+                tracing::warn!(stream, operation = operation.name(), ?class, %detail, "control call failed")
+            }
             SessionEvent::ConnectionFailed {
                 conn,
                 class,
@@ -887,7 +898,9 @@ impl PutMediaDriver {
                 timecode_ms,
                 code,
                 attempt,
-            } => tracing::warn!(stream, timecode_ms, %code, attempt, "ERROR ACK: the fragment is sent again"),
+            } => {
+                tracing::warn!(stream, timecode_ms, %code, attempt, "ERROR ACK: the fragment is sent again")
+            }
             SessionEvent::FragmentRetriesExhausted { timecode_ms, code } => {
                 tracing::warn!(stream, timecode_ms, %code, "fragment retried too often; skipping it");
             }
@@ -895,14 +908,18 @@ impl PutMediaDriver {
                 conn,
                 timecode_ms,
                 waited,
-            } => tracing::warn!(stream, %conn, timecode_ms, ?waited, "no ACK progress; reconnecting"),
+            } => {
+                tracing::warn!(stream, %conn, timecode_ms, ?waited, "no ACK progress; reconnecting")
+            }
             SessionEvent::DrainStarted { conn, reason, age } => {
                 tracing::info!(stream, %conn, ?reason, ?age, "finishing the connection at a fragment boundary");
             }
             SessionEvent::DrainTimedOut {
                 conn,
                 unacknowledged,
-            } => tracing::warn!(stream, %conn, unacknowledged, "drain timed out; unacknowledged fragments are sent again"),
+            } => {
+                tracing::warn!(stream, %conn, unacknowledged, "drain timed out; unacknowledged fragments are sent again")
+            }
             SessionEvent::IdleClose { conn } => {
                 tracing::debug!(stream, %conn, "connection ended with everything acknowledged");
             }
@@ -916,7 +933,9 @@ impl PutMediaDriver {
                 field,
                 expected,
                 actual,
-            } => tracing::warn!(stream, field, %expected, %actual, "the existing stream differs from the configuration"),
+            } => {
+                tracing::warn!(stream, field, %expected, %actual, "the existing stream differs from the configuration")
+            }
             SessionEvent::AckParseFailed { conn, error } => {
                 tracing::warn!(stream, %conn, %error, "unparsable ACK line");
             }
@@ -924,12 +943,18 @@ impl PutMediaDriver {
                 conn,
                 error_type,
                 message,
-            } => tracing::warn!(stream, %conn, ?error_type, ?message, "service error on the ACK stream"),
+            } => {
+                tracing::warn!(stream, %conn, ?error_type, ?message, "service error on the ACK stream")
+            }
             SessionEvent::CredentialRefreshFailed { detail } => {
                 tracing::warn!(stream, %detail, "credential refresh failed");
             }
             SessionEvent::UnexpectedResponse { operation } => {
-                tracing::debug!(stream, operation = operation.name(), "late control-plane answer ignored");
+                tracing::debug!(
+                    stream,
+                    operation = operation.name(),
+                    "late control-plane answer ignored"
+                );
             }
         }
     }

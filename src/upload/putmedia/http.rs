@@ -139,10 +139,13 @@ impl KvsAccess {
     }
 
     async fn signing_credentials(&self) -> Result<Credentials, Failure> {
-        self.credentials.get().await.map_err(|e| Failure::Transport {
-            kind: TransportKind::Other,
-            detail: format!("no credentials to sign with: {e}"),
-        })
+        self.credentials
+            .get()
+            .await
+            .map_err(|e| Failure::Transport {
+                kind: TransportKind::Other,
+                detail: format!("no credentials to sign with: {e}"),
+            })
     }
 
     fn sign<B>(
@@ -208,11 +211,9 @@ impl KvsAccess {
             })?;
         self.sign(&mut signed, &credentials, PayloadHash::Bytes(&body))?;
         let (parts, ()) = signed.into_parts();
-        let request = reqwest::Request::try_from(http::Request::from_parts(
-            parts,
-            reqwest::Body::from(body),
-        ))
-        .map_err(|e| transport_failure(&e))?;
+        let request =
+            reqwest::Request::try_from(http::Request::from_parts(parts, reqwest::Body::from(body)))
+                .map_err(|e| transport_failure(&e))?;
         let response = self
             .control
             .execute(request)
@@ -261,7 +262,9 @@ impl KvsAccess {
         if status != reqwest::StatusCode::OK {
             let headers = response.headers().clone();
             let failure = match read_limited(response, MAX_ERROR_BODY).await {
-                Ok(body) => Failure::Http(HttpFailure::from_parts(status.as_u16(), &headers, &body)),
+                Ok(body) => {
+                    Failure::Http(HttpFailure::from_parts(status.as_u16(), &headers, &body))
+                }
                 // The status and headers still classify the failure.
                 Err(_) => Failure::Http(HttpFailure::from_parts(status.as_u16(), &headers, &[])),
             };
@@ -355,7 +358,11 @@ pub fn check_data_endpoint(endpoint: &str) -> Result<(), ControlError> {
     }
 }
 
-async fn read_acks(conn: ConnectionId, mut response: reqwest::Response, events: &mpsc::Sender<Event>) {
+async fn read_acks(
+    conn: ConnectionId,
+    mut response: reqwest::Response,
+    events: &mpsc::Sender<Event>,
+) {
     let mut parser = AckParser::new();
     let failure = loop {
         match response.chunk().await {
@@ -375,9 +382,7 @@ async fn read_acks(conn: ConnectionId, mut response: reqwest::Response, events: 
             Err(e) => break Some(transport_failure(&e)),
         }
     };
-    let _ = events
-        .send(Event::ConnectionClosed { conn, failure })
-        .await;
+    let _ = events.send(Event::ConnectionClosed { conn, failure }).await;
 }
 
 /// Reads at most `limit` bytes of a response body (the rest is not read).
@@ -446,8 +451,14 @@ mod tests {
 
     #[test]
     fn producer_timestamp_has_seconds_and_milliseconds() {
-        assert_eq!(producer_timestamp(1_700_000_000_000_000_000), "1700000000.000");
-        assert_eq!(producer_timestamp(1_700_000_000_123_456_789), "1700000000.123");
+        assert_eq!(
+            producer_timestamp(1_700_000_000_000_000_000),
+            "1700000000.000"
+        );
+        assert_eq!(
+            producer_timestamp(1_700_000_000_123_456_789),
+            "1700000000.123"
+        );
         assert_eq!(producer_timestamp(5_000_000), "0.005");
     }
 
@@ -459,7 +470,13 @@ mod tests {
         assert!(check_data_endpoint("http://localhost:8080").is_ok());
         let refused = check_data_endpoint("http://s-1234.kinesisvideo.us-west-2.amazonaws.com");
         assert!(
-            matches!(&refused, Err(ControlError::InvalidField { field: "DataEndpoint", .. })),
+            matches!(
+                &refused,
+                Err(ControlError::InvalidField {
+                    field: "DataEndpoint",
+                    ..
+                })
+            ),
             "{refused:?}"
         );
         assert!(check_data_endpoint("ftp://127.0.0.1").is_err());
@@ -510,6 +527,9 @@ mod tests {
             instant_of(aws_now + Duration::from_secs(60), aws_now, now),
             now + Duration::from_secs(60)
         );
-        assert_eq!(instant_of(aws_now - Duration::from_secs(60), aws_now, now), now);
+        assert_eq!(
+            instant_of(aws_now - Duration::from_secs(60), aws_now, now),
+            now
+        );
     }
 }

@@ -107,7 +107,10 @@ mod tests {
             pacer.fragment_start_at(t0 + Duration::from_millis(50)),
             Some(t0 + Duration::from_millis(200))
         );
-        assert_eq!(pacer.fragment_start_at(t0 + Duration::from_millis(200)), None);
+        assert_eq!(
+            pacer.fragment_start_at(t0 + Duration::from_millis(200)),
+            None
+        );
     }
 
     #[test]
