@@ -35,9 +35,10 @@ pub fn credential_source(credentials: &CredentialsConfig) -> Option<CredentialSo
         config::CredentialSource::Profile => Some(CredentialSource::Profile {
             name: credentials.profile.clone(),
         }),
-        config::CredentialSource::File => {
-            credentials.path.clone().map(|path| CredentialSource::File { path })
-        }
+        config::CredentialSource::File => credentials
+            .path
+            .clone()
+            .map(|path| CredentialSource::File { path }),
         config::CredentialSource::Iot => credentials
             .iot
             .as_ref()
@@ -291,7 +292,11 @@ mod tests {
             Some("http://127.0.0.1:2")
         );
         aws.endpoint = Some("http://127.0.0.1:3".into());
-        let configured = kvs_access(&aws, &env(&[("AWS_ENDPOINT_URL", "http://127.0.0.1:1")]), timeout);
+        let configured = kvs_access(
+            &aws,
+            &env(&[("AWS_ENDPOINT_URL", "http://127.0.0.1:1")]),
+            timeout,
+        );
         assert_eq!(
             configured.as_ref().map(KvsAccess::control_endpoint).ok(),
             Some("http://127.0.0.1:3")

@@ -468,7 +468,11 @@ impl CameraLoop {
 
 /// Pushes a frame; a frame error drops that frame (logged, counted by the muxer), any other
 /// error is returned.
-fn push(muxer: &mut FragmentMuxer, frame: Frame, writer: &mut FragmentWriter) -> Result<(), MuxError> {
+fn push(
+    muxer: &mut FragmentMuxer,
+    frame: Frame,
+    writer: &mut FragmentWriter,
+) -> Result<(), MuxError> {
     match muxer.push(frame, writer) {
         Ok(()) => Ok(()),
         Err(error) if error.is_frame_error() => {
@@ -493,10 +497,16 @@ mod tests {
         health.frame();
         assert!(health.is_alive(Instant::now(), limit));
         let later = Instant::now() + Duration::from_secs(30);
-        assert!(!health.is_alive(later, limit), "no frame and no heartbeat for 30 s");
+        assert!(
+            !health.is_alive(later, limit),
+            "no frame and no heartbeat for 30 s"
+        );
         health.set_state(CameraState::Retrying);
         assert!(!health.is_alive(later, limit), "the heartbeat is old too");
-        assert!(health.is_alive(Instant::now(), limit), "retrying with a fresh heartbeat");
+        assert!(
+            health.is_alive(Instant::now(), limit),
+            "retrying with a fresh heartbeat"
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use super::camera;
 use super::capture_task::{CameraHealth, CameraLoop, CaptureControl, CaptureSummary};
 use super::systemd;
 use crate::aws::{EnvLookup, process_env};
-use crate::buffer::{BufferError, Budgets, FragmentLog, StatsHandle};
+use crate::buffer::{Budgets, BufferError, FragmentLog, StatsHandle};
 use crate::config::{self, CameraConfig, ValidatedConfig};
 use crate::mkv::TagError;
 use crate::upload::backoff::SplitMix64;
@@ -504,14 +504,10 @@ mod tests {
         assert_eq!(create.and_then(|c| c.device_name.as_deref()), Some("pi-7"));
         let gate = session_config(&config, &config.camera[1]);
         assert_eq!(gate.stream_name, "gate");
-        assert!(gate.create.is_none(), "no create_stream: the session pauses instead");
+        assert!(
+            gate.create.is_none(),
+            "no create_stream: the session pauses instead"
+        );
         assert!(gate.validate().is_ok());
-    }
-
-    #[tokio::test]
-    async fn no_camera_is_an_error() {
-        let config = config("[aws]\nregion = \"eu-west-1\"\n");
-        let started = Daemon::start(&config, Arc::new(|_: &str| None)).await;
-        assert!(matches!(started, Err(RunError::NoCamera)), "{started:?}");
     }
 }

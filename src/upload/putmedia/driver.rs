@@ -862,7 +862,7 @@ impl PutMediaDriver {
                 delay,
                 attempt,
                 reason,
-            } => tracing::warn!(stream, ?delay, attempt, %reason, "retrying after a backoff"),
+            } => tracing::debug!(stream, ?delay, attempt, %reason, "retrying after a backoff"),
             SessionEvent::CallFailed {
                 operation,
                 class,
@@ -874,7 +874,7 @@ impl PutMediaDriver {
                 conn,
                 class,
                 detail,
-            } => tracing::warn!(stream, %conn, ?class, %detail, "PutMedia failed"),
+            } => tracing::warn!(stream, %conn, ?class, %detail, "PutMedia failed; reconnecting"),
             SessionEvent::ConnectionOpened { conn, rotate_in } => {
                 tracing::info!(stream, %conn, ?rotate_in, "PutMedia streaming");
             }
