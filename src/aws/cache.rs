@@ -59,6 +59,7 @@ impl CredentialsCache {
     }
 
     /// The same cache reading time from `clock` (e.g. `move || skew.now()`, or a test clock).
+    /// A builder step: clones taken before this call keep the old clock and cache.
     pub fn with_clock(self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
         let inner = Inner {
             provider: Arc::clone(&self.inner.provider),

@@ -349,6 +349,28 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// Any arrangement of words parses or fails cleanly, and a failure never quotes a
+        /// word that could be a key, secret or token.
+        #[test]
+        fn never_panics_never_echoes_words(
+            words in proptest::collection::vec("[A-Za-z0-9/+]{8,40}|2015-0[89]-30T1[0-9]:00:00Z|CREDENTIALS|#", 0..7),
+            separators in proptest::collection::vec(proptest::sample::select(vec![" ", "\n", "\t", "  \r\n"]), 7),
+        ) {
+            let text: String = words
+                .iter()
+                .zip(separators.iter())
+                .map(|(w, s)| format!("{w}{s}"))
+                .collect();
+            if let Err(err) = parse(&text) {
+                let shown = err.to_string();
+                for word in words.iter().filter(|w| w.len() >= 8 && w.as_str() != MARKER && !w.starts_with("2015")) {
+                    proptest::prop_assert!(!shown.contains(word.as_str()), "{shown}");
+                }
+            }
+        }
+    }
+
     #[tokio::test]
     async fn missing_file_is_not_configured() {
         let dir = tempfile::tempdir().unwrap();

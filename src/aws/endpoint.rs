@@ -434,6 +434,19 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// Arbitrary regions and overrides give a URL or an error, never a panic; every URL
+        /// returned is https or loopback http without a trailing slash.
+        #[test]
+        fn resolution_is_total(region in "\\PC{0,40}", url in proptest::option::of("(https?|ftp)://\\PC{0,40}")) {
+            let none = env_of(&[]);
+            if let Ok(resolved) = resolve_endpoint(Service::KinesisVideo, &region, url.as_deref(), &none) {
+                proptest::prop_assert!(!resolved.ends_with('/'));
+                proptest::prop_assert!(resolved.starts_with("https://") || is_loopback_url(&resolved), "{resolved}");
+            }
+        }
+    }
+
     #[test]
     fn loopback_detection() {
         assert!(is_loopback_url("http://127.0.0.1:1/"));

@@ -31,5 +31,5 @@ pub use credentials::{
 };
 pub use endpoint::{EndpointError, Endpoints, is_loopback_url, resolve_endpoint, signing_region};
 pub use iot::{IotCredentialsProvider, IotSettings};
-pub use profile::{Profile, ProfileProvider, load_profile};
+pub use profile::{Profile, ProfileProvider, default_region, load_profile};
 pub use sign::{EMPTY_SHA256, PayloadHash, Service, SignError, sign, sign_with_name};

@@ -219,6 +219,17 @@ pub fn load_profile(
     })
 }
 
+/// The region when the configuration names none: `AWS_REGION`, `AWS_DEFAULT_REGION`, then the
+/// `region` of the selected profile (`AWS_PROFILE` or `default`); unreadable files count as
+/// "no region".
+pub fn default_region(context: &ProviderContext) -> Option<String> {
+    super::credentials::region_from_env(&*context.env).or_else(|| {
+        load_profile(None, context)
+            .ok()
+            .and_then(|p| p.region().map(str::to_owned))
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FileKind {
     Config,
@@ -417,6 +428,34 @@ mod tests {
         let creds = ProfileProvider::new(None, ctx).provide().await.unwrap();
         assert_eq!(creds.access_key_id, "AKIDCREDS");
         assert_eq!(creds.secret_access_key.expose(), SECRET);
+    }
+
+    #[test]
+    fn default_region_env_then_profile() {
+        let home = tempfile::tempdir().unwrap();
+        write(
+            home.path(),
+            "config",
+            "[default]\nregion = ap-northeast-1\n[profile cam]\nregion = sa-east-1\n",
+        );
+        assert_eq!(
+            default_region(&context(home.path(), &[])).as_deref(),
+            Some("ap-northeast-1")
+        );
+        assert_eq!(
+            default_region(&context(home.path(), &[("AWS_PROFILE", "cam")])).as_deref(),
+            Some("sa-east-1")
+        );
+        assert_eq!(
+            default_region(&context(
+                home.path(),
+                &[("AWS_DEFAULT_REGION", "us-east-2")]
+            ))
+            .as_deref(),
+            Some("us-east-2")
+        );
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(default_region(&context(empty.path(), &[])), None);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use aws_sigv4::http_request::{
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::client::identity::Identity;
 
-use super::credentials::Credentials;
+use super::credentials::{Credentials, Secret};
 
 /// SHA-256 of the empty string, the payload hash the KVS C producer signs PutMedia with.
 pub const EMPTY_SHA256: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
@@ -89,6 +89,12 @@ pub enum SignError {
     /// The region is empty.
     #[error("cannot sign: the region is empty")]
     EmptyRegion,
+    /// A value that ends up in a header holds control characters (which `http` refuses).
+    #[error("cannot sign: the {what} contains control characters")]
+    ControlCharacters {
+        /// "access key id", "session token", "region" or "signing name".
+        what: &'static str,
+    },
     /// The credentials are expired at the signing time.
     #[error("cannot sign: credentials {access_key_id} expired at {expired_at}")]
     ExpiredCredentials {
@@ -149,6 +155,18 @@ pub fn sign_with_name<B>(
             expired_at: super::clock::format_rfc3339(expires_at),
         });
     }
+    // aws-sigv4 puts these into header values and panics if `http` refuses them.
+    let session_token = credentials.session_token.as_ref().map(Secret::expose);
+    for (what, text) in [
+        ("access key id", credentials.access_key_id.as_str()),
+        ("session token", session_token.unwrap_or_default()),
+        ("region", region),
+        ("signing name", signing_name),
+    ] {
+        if text.chars().any(|c| c.is_ascii_control()) {
+            return Err(SignError::ControlCharacters { what });
+        }
+    }
     // aws-sigv4 panics on a request without an authority and without a host header.
     if request.uri().authority().is_none() && !request.headers().contains_key(http::header::HOST) {
         return Err(SignError::NoHost {
@@ -162,10 +180,7 @@ pub fn sign_with_name<B>(
     let identity: Identity = aws_credential_types::Credentials::new(
         credentials.access_key_id.clone(),
         credentials.secret_access_key.expose().to_owned(),
-        credentials
-            .session_token
-            .as_ref()
-            .map(|t| t.expose().to_owned()),
+        session_token.map(str::to_owned),
         credentials.expires_at,
         "kinesis-edge",
     )
@@ -216,7 +231,6 @@ pub fn sign_with_name<B>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aws::credentials::Secret;
     use std::time::{Duration, UNIX_EPOCH};
 
     /// 2015-08-30T12:36:00Z, the AWS SigV4 test-suite time.
@@ -380,6 +394,33 @@ mod tests {
                 PayloadHash::Bytes(b"{}")
             ),
             Err(SignError::EmptyRegion)
+        ));
+
+        let mut bad_token = creds.clone();
+        bad_token.session_token = Some(Secret::new("token\nwith-newline"));
+        assert!(matches!(
+            sign(
+                &mut ok,
+                &bad_token,
+                "us-west-2",
+                Service::Kinesis,
+                suite_time(),
+                PayloadHash::Bytes(b"{}")
+            ),
+            Err(SignError::ControlCharacters {
+                what: "session token"
+            })
+        ));
+        assert!(matches!(
+            sign(
+                &mut ok,
+                &creds,
+                "us-west-2\r",
+                Service::Kinesis,
+                suite_time(),
+                PayloadHash::Bytes(b"{}")
+            ),
+            Err(SignError::ControlCharacters { what: "region" })
         ));
 
         let mut expired = creds.clone();
