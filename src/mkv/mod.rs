@@ -1,6 +1,19 @@
 //! Matroska as Kinesis Video Streams ingests it: EBML writing, the fragment muxer, fragment
 //! tags and event tags, timecode rules. No I/O: output goes to a [`MuxSink`].
 
+pub mod ebml;
+pub mod header;
+pub mod interleave;
+mod muxer;
+pub mod tags;
+
+pub use muxer::{
+    DEFAULT_FRAGMENT_DURATION, DEFAULT_MAX_TRACK_WAIT, FragmentMuxer, MAX_BLOCK_OFFSET_MS,
+    MAX_FRAGMENT_DURATION, MuxError, MuxStats, MuxerConfig, TimecodeMode, TrackSpec,
+    random_segment_uid,
+};
+pub use tags::{Event, EventKind, FragmentTags, TagError};
+
 use bytes::Bytes;
 use std::io;
 
