@@ -9,6 +9,7 @@
 //! every open connection; a request no handler accepts gets a 404 naming its path and target.
 
 pub mod kds;
+pub mod kvs;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};

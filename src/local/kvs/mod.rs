@@ -1,0 +1,4 @@
+//! Kinesis Video Streams on the local endpoint.
+
+pub mod ack;
+pub mod mkv_check;
