@@ -2,3 +2,4 @@
 
 pub mod ack;
 pub mod mkv_check;
+pub mod auth;
