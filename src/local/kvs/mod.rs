@@ -3,3 +3,6 @@
 pub mod ack;
 pub mod mkv_check;
 pub mod auth;
+pub mod control;
+pub mod faults;
+pub mod store;
