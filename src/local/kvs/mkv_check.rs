@@ -26,9 +26,9 @@
 //!   fragment);
 //! - 4001 / 4002: a fragment larger or longer than the limits.
 //!
-//! Tags belong to the next fragment, except a Tags element holding
-//! `AWS_KINESISVIDEO_END_OF_FRAGMENT` right after a Cluster: that one closes (and belongs to)
-//! the fragment before it.
+//! Tags belong to the next fragment, except a run of Tags elements right after a Cluster that
+//! ends with one holding `AWS_KINESISVIDEO_END_OF_FRAGMENT`: that run closes (and belongs to)
+//! the fragment before it, as a producer writes an end-of-fragment close.
 //!
 //! Invariants: no input makes it panic or allocate without bound — elements it must hold whole
 //! (EBML header, Info, Tracks, Tags, Timecode) have size caps, and the bytes of the fragment
@@ -453,6 +453,9 @@ pub struct MkvChecker {
     fragment: Option<OpenFragment>,
     /// Tags waiting for the next Cluster.
     pending_tags: Vec<ParsedTags>,
+    /// Tags after a closed Cluster, until an end-of-fragment tag claims them for it or
+    /// something else hands them to the next fragment.
+    closing_tags: Vec<ParsedTags>,
     /// Largest block timecode of the previous fragment.
     previous_last: Option<i64>,
     fragments_started: u64,
@@ -474,6 +477,7 @@ impl MkvChecker {
             header: HeaderParts::default(),
             fragment: None,
             pending_tags: Vec::new(),
+            closing_tags: Vec::new(),
             previous_last: None,
             fragments_started: 0,
             failed: false,
@@ -550,13 +554,14 @@ impl MkvChecker {
                 self.end_cluster(self.pos)?;
             }
         }
-        self.complete_closed_fragment(None, out)
+        self.complete_closed_fragment(false, out)
     }
 
     fn fail(&mut self, error: CheckError, out: &mut Vec<CheckEvent>) {
         self.failed = true;
         self.fragment = None;
         self.pending_tags.clear();
+        self.closing_tags.clear();
         self.log = ByteLog::default();
         out.push(CheckEvent::Error(error));
     }
@@ -584,7 +589,7 @@ impl MkvChecker {
         if let Some(fragment) = &self.fragment {
             keep = keep.min(fragment.retain_from());
         }
-        if let Some(first) = self.pending_tags.first() {
+        if let Some(first) = self.pending_tags.first().or(self.closing_tags.first()) {
             keep = keep.min(first.range.start);
         }
         self.log.discard_before(keep);
@@ -773,7 +778,7 @@ impl MkvChecker {
         // A closed Cluster is completed now unless Tags follow (they may close it).
         let closed_pending = self.fragment.as_ref().is_some_and(|f| f.body_end.is_some());
         if closed_pending && header.id != id::TAGS {
-            self.complete_closed_fragment(None, out)?;
+            self.complete_closed_fragment(false, out)?;
         }
         match self.stack.last().map(|p| p.id) {
             None => self.on_top_level(header),
@@ -936,12 +941,14 @@ impl MkvChecker {
                 let tags = parse_tags(payload, base, range, &self.limits)?;
                 let closed_pending = self.fragment.as_ref().is_some_and(|f| f.body_end.is_some());
                 if closed_pending {
-                    if tags.end_of_fragment {
-                        return self.complete_closed_fragment(Some(tags), out);
+                    let end_of_fragment = tags.end_of_fragment;
+                    self.closing_tags.push(tags);
+                    if end_of_fragment {
+                        return self.complete_closed_fragment(true, out);
                     }
-                    self.complete_closed_fragment(None, out)?;
+                } else {
+                    self.pending_tags.push(tags);
                 }
-                self.pending_tags.push(tags);
             }
             id::TIMECODE => {
                 let timecode = read_uint(payload).ok_or_else(|| {
@@ -1200,20 +1207,23 @@ impl MkvChecker {
         Ok(())
     }
 
-    /// Completes the fragment whose Cluster ended, with the end-of-fragment Tags that
-    /// closed it, if any.
-    fn complete_closed_fragment(
-        &mut self,
-        closing_tags: Option<ParsedTags>,
-        out: &mut Vec<CheckEvent>,
-    ) -> Step {
+    /// Completes the fragment whose Cluster ended; with `claim_tags`, the Tags run after it
+    /// (ended by an end-of-fragment tag) belongs to it, else that run goes to the next one.
+    fn complete_closed_fragment(&mut self, claim_tags: bool, out: &mut Vec<CheckEvent>) -> Step {
         let Some(body_end) = self.fragment.as_ref().and_then(|f| f.body_end) else {
             return Ok(());
         };
         let Some(fragment) = self.fragment.take() else {
             return Ok(());
         };
-        // Restored so that an error names this fragment's timecode.
+        let closing = std::mem::take(&mut self.closing_tags);
+        let closing = if claim_tags {
+            closing
+        } else {
+            // Earlier tags stay first: they were already waiting when these arrived.
+            self.pending_tags.extend(closing);
+            Vec::new()
+        };
         let timecode = fragment.timecode.unwrap_or_default();
         let error_at = |code, message| CheckError {
             code,
@@ -1227,21 +1237,22 @@ impl MkvChecker {
                 format!("track {} has no frame in the fragment", missing.track),
             ));
         }
-        if let Some(tags) = &closing_tags {
-            let count = tags.tag_count
-                + fragment.tags_before.iter().map(|t| t.tag_count).sum::<usize>();
-            if let Some(what) = &tags.too_long {
-                return Err(error_at(AckErrorCode::FragmentMetadataLimitReached, what.clone()));
-            }
-            if count > self.limits.max_tags_per_fragment {
-                return Err(error_at(
-                    AckErrorCode::FragmentMetadataLimitReached,
-                    format!(
-                        "{count} tags for one fragment, more than the {} allowed",
-                        self.limits.max_tags_per_fragment
-                    ),
-                ));
-            }
+        if let Some(what) = closing.iter().find_map(|t| t.too_long.clone()) {
+            return Err(error_at(AckErrorCode::FragmentMetadataLimitReached, what));
+        }
+        let count: usize = closing
+            .iter()
+            .chain(&fragment.tags_before)
+            .map(|t| t.tag_count)
+            .sum();
+        if count > self.limits.max_tags_per_fragment {
+            return Err(error_at(
+                AckErrorCode::FragmentMetadataLimitReached,
+                format!(
+                    "{count} tags for one fragment, more than the {} allowed",
+                    self.limits.max_tags_per_fragment
+                ),
+            ));
         }
         let first = fragment.first_timecode.unwrap_or_default();
         let last = fragment.last_timecode.unwrap_or_default();
@@ -1256,7 +1267,7 @@ impl MkvChecker {
         let mut cluster_body = Vec::new();
         self.log.pieces(fragment.body_start..body_end, &mut cluster_body);
         let mut tags_after = Vec::new();
-        if let Some(parsed) = &closing_tags {
+        for parsed in &closing {
             self.log.pieces(parsed.range.clone(), &mut tags_after);
             tags.extend(parsed.items.iter().cloned());
             bytes += parsed.range.end - parsed.range.start;
@@ -1804,6 +1815,28 @@ mod tests {
         };
         assert_eq!(second.tags, vec![(END_OF_FRAGMENT.to_owned(), String::new())]);
         assert_eq!(second.tags_after.iter().map(Bytes::len).sum::<usize>(), tags(&[(END_OF_FRAGMENT, "")]).len());
+    }
+
+    #[test]
+    fn a_tags_run_ending_with_end_of_fragment_belongs_to_the_fragment_before() {
+        let mut body = header(1);
+        body.extend(cluster(1000, &[(1, 0, true)]));
+        body.extend(tags(&[("event", "late")]));
+        body.extend(tags(&[(END_OF_FRAGMENT, "")]));
+        body.extend(tags(&[("next", "1")]));
+        body.extend(cluster(2000, &[(1, 0, true)]));
+        body.extend(tags(&[("trailing", "x")]));
+        let events = run_split(&body, |_| 3);
+        let names: Vec<Vec<String>> = events
+            .iter()
+            .filter_map(|e| match e {
+                CheckEvent::FragmentComplete(f) => Some(f.tags.iter().map(|(n, _)| n.clone()).collect()),
+                _ => None,
+            })
+            .collect();
+        // Tags after the last cluster without an end-of-fragment tag belong to no fragment.
+        assert_eq!(names, [vec!["event".to_owned(), END_OF_FRAGMENT.to_owned()], vec!["next".to_owned()]]);
+        assert_eq!(error_code(&events), None);
     }
 
     #[test]
