@@ -7,6 +7,8 @@ pub mod aws;
 pub mod buffer;
 pub mod capture;
 pub mod config;
+#[cfg(feature = "local-endpoint")]
+pub mod local;
 pub mod media;
 pub mod mkv;
 pub mod service;
