@@ -135,6 +135,13 @@ struct Conn {
     /// The log moved on to another session: finish this connection once its fragments are
     /// acknowledged.
     switch_pending: bool,
+    /// The last fragment sent is complete in the log but not yet at the service: it learns
+    /// that a Cluster ended from what follows it (the next fragment's Tags or Cluster, an
+    /// end-of-fragment tag, or the end of the body).
+    needs_end_tag: bool,
+    /// Nothing more follows on this connection for now: send the end-of-fragment tag so the
+    /// service completes (and acknowledges) the last fragment.
+    end_tag_pending: bool,
     /// Session events held until HTTP 200 (the session ignores fragments of a connection it
     /// does not know as open yet).
     deferred: Vec<Event>,
@@ -155,6 +162,8 @@ impl Conn {
             unacked: BTreeSet::new(),
             finishing: false,
             switch_pending: false,
+            needs_end_tag: false,
+            end_tag_pending: false,
             deferred: Vec::new(),
         }
     }
@@ -181,11 +190,14 @@ struct PullPlan {
     wait_for_room: bool,
     pace_until: Option<Instant>,
     held: bool,
+    /// Only wait for room (to send the end-of-fragment tag).
+    room_only: bool,
 }
 
 enum Pulled {
     Item(ReadResult),
     Held,
+    Room,
     BodyGone,
 }
 
@@ -209,6 +221,8 @@ pub struct PutMediaDriver {
     lookahead: bool,
     /// The log session of the last connection that streamed (for ACKs after it closed).
     last_carried: Option<SessionId>,
+    /// `AWS_KINESISVIDEO_END_OF_FRAGMENT` Tags.
+    end_of_fragment: Bytes,
     retention_off: bool,
     shutdown_sent: bool,
     counters: Arc<UploadCounters>,
@@ -235,6 +249,13 @@ impl PutMediaDriver {
         let stream_name = settings.session.stream_name.clone();
         let session = Session::new(settings.session, jitter, Instant::now())?;
         let (events_tx, events_rx) = mpsc::channel(EVENT_CHANNEL);
+        let mut end_tag = Vec::new();
+        if let Err(error) = crate::mkv::tags::write_end_of_fragment(&mut end_tag) {
+            // A fixed, tiny element: this cannot fail; without it the service completes the
+            // last fragment when the body ends instead.
+            tracing::error!(%error, "cannot build the end-of-fragment tag");
+        }
+        let end_of_fragment = Bytes::from(end_tag);
         Ok(Self {
             access,
             stream_name,
@@ -250,6 +271,7 @@ impl PutMediaDriver {
             reader_finished: false,
             lookahead: false,
             last_carried: None,
+            end_of_fragment,
             retention_off: false,
             shutdown_sent: false,
             counters: Arc::new(UploadCounters::default()),
@@ -358,6 +380,7 @@ impl PutMediaDriver {
             wait_for_room: false,
             pace_until: None,
             held: false,
+            room_only: false,
         };
         let Some(conn) = &self.conn else {
             // No connection: watch the log only to wake an idle session.
@@ -370,6 +393,17 @@ impl PutMediaDriver {
         match conn.stage {
             Stage::AwaitingData => (!self.reader_finished).then_some(idle_probe),
             Stage::Requested | Stage::Streaming => {
+                if conn.body_gone || conn.body.is_none() {
+                    return None;
+                }
+                if conn.end_tag_pending {
+                    return Some(PullPlan {
+                        wait_for_room: true,
+                        pace_until: None,
+                        held: false,
+                        room_only: true,
+                    });
+                }
                 let blocked = conn.body_gone
                     || conn.body.is_none()
                     || conn.switch_pending
@@ -379,6 +413,7 @@ impl PutMediaDriver {
                     wait_for_room: true,
                     pace_until: self.pace_until,
                     held: self.held.is_some(),
+                    room_only: false,
                 })
             }
         }
@@ -394,6 +429,7 @@ impl PutMediaDriver {
                     self.process(item, now);
                 }
             }
+            Pulled::Room => self.send_end_tag(now),
             Pulled::BodyGone => {
                 // The connection's task reports how it ended; send nothing more meanwhile.
                 if let Some(conn) = self.conn.as_mut() {
@@ -477,6 +513,7 @@ impl PutMediaDriver {
             ReadResult::Session(next) => {
                 if Some(next.id()) != carried {
                     conn.switch_pending = true;
+                    conn.end_tag_pending = conn.needs_end_tag;
                     tracing::info!(
                         stream = %self.stream_name,
                         conn = %conn.id,
@@ -511,6 +548,7 @@ impl PutMediaDriver {
                     );
                 }
                 conn.in_fragment = Some(meta.timecode_ms);
+                conn.needs_end_tag = false;
                 conn.unacked.insert(meta.timecode_ms);
                 let event = Event::FragmentStarted {
                     conn: conn.id,
@@ -531,6 +569,8 @@ impl PutMediaDriver {
             }
             ReadResult::FragmentEnd(_) => {
                 if let Some(timecode_ms) = conn.in_fragment.take() {
+                    conn.needs_end_tag = true;
+                    conn.end_tag_pending = conn.finishing;
                     let event = Event::FragmentClosed {
                         conn: conn.id,
                         timecode_ms,
@@ -562,16 +602,51 @@ impl PutMediaDriver {
                 );
             }
             ReadResult::SessionEnd { session, trailer } => {
-                if Some(session) == carried && !trailer.is_empty() {
-                    let len = trailer.len() as u64;
-                    if self.send_body(trailer) {
-                        UploadCounters::add(&self.counters.bytes_sent, len);
+                if Some(session) == carried {
+                    // The trailer is (or follows) the end-of-fragment tag.
+                    conn.needs_end_tag = false;
+                    if !trailer.is_empty() {
+                        let len = trailer.len() as u64;
+                        if self.send_body(trailer) {
+                            UploadCounters::add(&self.counters.bytes_sent, len);
+                        }
                     }
                 }
             }
-            ReadResult::Finished => self.reader_finished = true,
+            ReadResult::Finished => {
+                // The writer is gone without ending its session (or it did, and this is a
+                // no-op): let the service complete the last fragment.
+                conn.end_tag_pending = conn.needs_end_tag;
+                self.reader_finished = true;
+            }
             ReadResult::Pending => {}
         }
+    }
+
+    /// Sends the end-of-fragment tag so the service completes the last fragment sent.
+    fn send_end_tag(&mut self, now: Instant) {
+        let tag = self.end_of_fragment.clone();
+        let len = tag.len() as u64;
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let Some(body) = conn.body.as_ref() else {
+            return;
+        };
+        match body.send(tag) {
+            Ok(()) => {
+                conn.end_tag_pending = false;
+                conn.needs_end_tag = false;
+                UploadCounters::add(&self.counters.bytes_sent, len);
+            }
+            // Room went away after all: the next pull waits for it again.
+            Err(SendError::Full(_)) => {}
+            Err(SendError::Closed(_)) => {
+                conn.body_gone = true;
+                conn.end_tag_pending = false;
+            }
+        }
+        self.close_if_switch_done(now);
     }
 
     fn hold(&mut self, item: ReadResult, until: Instant) {
@@ -616,6 +691,7 @@ impl PutMediaDriver {
             c.switch_pending
                 && c.stage == Stage::Streaming
                 && c.in_fragment.is_none()
+                && !c.end_tag_pending
                 && c.unacked.is_empty()
         });
         if !done {
@@ -705,6 +781,14 @@ impl PutMediaDriver {
                 if let Some(c) = self.conn.as_mut().filter(|c| c.id == conn) {
                     tracing::debug!(stream = %self.stream_name, conn = %conn, ?reason, "finishing after the fragment in progress");
                     c.finishing = true;
+                    if c.in_fragment.is_none() {
+                        c.end_tag_pending = c.needs_end_tag;
+                        if matches!(self.held, Some(ReadResult::FragmentStart(_))) {
+                            // Not started on this connection: the next one sends it.
+                            self.held = None;
+                            self.pace_until = None;
+                        }
+                    }
                 }
             }
             Action::Disconnect { conn, reason } => {
@@ -826,6 +910,7 @@ impl PutMediaDriver {
                     && self.reader_finished
                     && self.held.is_none()
                     && conn.in_fragment.is_none()
+                    && !conn.end_tag_pending
                     && conn.unacked.is_empty()
             }
             None => match self.session.state() {
@@ -975,6 +1060,9 @@ async fn pull(
         && body.ready().await.is_err()
     {
         return Pulled::BodyGone;
+    }
+    if plan.room_only {
+        return Pulled::Room;
     }
     if let Some(at) = plan.pace_until {
         tokio::time::sleep_until(at.into()).await;
