@@ -20,6 +20,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Stream every configured camera to its Kinesis video stream until SIGTERM or SIGINT.
+    ///
+    /// Fragments are buffered in memory and on disk until Kinesis Video Streams has persisted
+    /// them, so capture goes on while offline. On SIGTERM/SIGINT the open fragment is closed and
+    /// what is buffered is uploaded within `service.shutdown_timeout_s`; the rest stays on disk
+    /// for the next start. A second signal stops at once. Under systemd (Type=notify) it reports
+    /// readiness, feeds the watchdog and reports stopping.
+    Run {
+        /// The TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Validate a configuration file (and its KINESIS_EDGE__* environment overrides).
     ///
     /// Prints every error with the key and line it concerns and exits with 78 (EX_CONFIG) when
@@ -88,6 +100,44 @@ fn init_logging(filter: &str) {
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Run { config } => {
+            let config = match kinesis_edge::config::load(&config) {
+                Ok(config) => config,
+                Err(errors) => {
+                    eprintln!("{errors}");
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+            };
+            // Two workers: the uploaders and HTTP are light; capture and muxing run on their
+            // own threads.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("kinesis-edge")
+                .enable_all()
+                .build()?;
+            let summary = runtime.block_on(kinesis_edge::service::run::run(&config))?;
+            for camera in &summary.cameras {
+                println!(
+                    "camera {}: stream {}: frames_muxed={} fragments={} frames_dropped={} \
+                     recovered_fragments={} fragments_sent={} fragments_acked={} \
+                     fragments_skipped={} fragments_left={} connections={}",
+                    camera.camera,
+                    camera.stream,
+                    camera.capture.frames_muxed,
+                    camera.capture.fragments,
+                    camera.capture.frames_dropped,
+                    camera.recovered_fragments,
+                    camera.upload.fragments_sent,
+                    camera.upload.fragments_acked,
+                    camera.upload.fragments_skipped,
+                    camera.upload.fragments_left,
+                    camera.upload.connections,
+                );
+            }
+            // The runtime's blocking pool may still hold a capture thread's last wait.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig { config } => Ok(check_config(&config)),
         Command::Devices => {
             let devices = kinesis_edge::capture::list_devices()?;

@@ -6,9 +6,12 @@
 //! services (Kinesis Video Streams) add their own handler beside it.
 //!
 //! Invariants: the server binds loopback addresses only; stopping it ends the accept loop and
-//! every open connection; a request no handler accepts gets a 404 naming its path and target.
+//! every open connection; a request no handler accepts gets a 404 naming its path and target;
+//! while a [`ConnectionGate`] refuses, the listening socket is closed (connections are refused,
+//! as by an endpoint that is down) and it is bound again on the same address afterwards.
 
 pub mod kds;
+pub mod kvs;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
@@ -18,7 +21,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -73,6 +77,39 @@ pub enum LocalError {
     },
 }
 
+/// Lets a handler take the listener down for a while (fault injection).
+#[derive(Debug, Default)]
+pub struct ConnectionGate {
+    refusal: Mutex<Option<(Instant, bool)>>,
+    changed: Notify,
+}
+
+impl ConnectionGate {
+    /// Refuses new connections for `duration`; with `drop_open`, also cuts the open ones.
+    pub fn refuse_for(&self, duration: Duration, drop_open: bool) {
+        let until = Instant::now() + duration;
+        *self.refusal.lock().unwrap_or_else(PoisonError::into_inner) = Some((until, drop_open));
+        self.changed.notify_one();
+    }
+
+    /// The end of the current refusal, if one is on.
+    pub fn refusing_until(&self) -> Option<Instant> {
+        let refusal = *self.refusal.lock().unwrap_or_else(PoisonError::into_inner);
+        refusal
+            .map(|(until, _)| until)
+            .filter(|until| *until > Instant::now())
+    }
+
+    /// Takes the "cut open connections" request of the current refusal.
+    fn take_drop_open(&self) -> bool {
+        let mut refusal = self.refusal.lock().unwrap_or_else(PoisonError::into_inner);
+        match refusal.as_mut() {
+            Some((_, drop_open)) => std::mem::take(drop_open),
+            None => false,
+        }
+    }
+}
+
 /// A running local endpoint.
 pub struct LocalServer {
     addr: SocketAddr,
@@ -86,6 +123,15 @@ impl LocalServer {
         bind: SocketAddr,
         handlers: Vec<Arc<dyn Handler>>,
     ) -> Result<Self, LocalError> {
+        Self::start_with_gate(bind, handlers, Arc::new(ConnectionGate::default())).await
+    }
+
+    /// [`LocalServer::start`] with a gate handlers can use to refuse connections.
+    pub async fn start_with_gate(
+        bind: SocketAddr,
+        handlers: Vec<Arc<dyn Handler>>,
+        gate: Arc<ConnectionGate>,
+    ) -> Result<Self, LocalError> {
         if !bind.ip().is_loopback() {
             return Err(LocalError::NotLoopback(bind));
         }
@@ -97,7 +143,13 @@ impl LocalServer {
             .map_err(|source| LocalError::Bind { addr: bind, source })?;
         let stop = Arc::new(Notify::new());
         let handlers: Arc<[Arc<dyn Handler>]> = handlers.into();
-        let task = tokio::spawn(accept_loop(listener, handlers, Arc::clone(&stop)));
+        let task = tokio::spawn(accept_loop(
+            listener,
+            addr,
+            handlers,
+            Arc::clone(&stop),
+            gate,
+        ));
         tracing::info!(%addr, "local endpoint listening");
         Ok(LocalServer { addr, stop, task })
     }
@@ -120,11 +172,47 @@ impl LocalServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, handlers: Arc<[Arc<dyn Handler>]>, stop: Arc<Notify>) {
+async fn accept_loop(
+    listener: TcpListener,
+    addr: SocketAddr,
+    handlers: Arc<[Arc<dyn Handler>]>,
+    stop: Arc<Notify>,
+    gate: Arc<ConnectionGate>,
+) {
     let mut connections = tokio::task::JoinSet::new();
+    let mut listener = Some(listener);
     loop {
+        let Some(active) = listener.as_ref() else {
+            // Refusing: the socket is closed until the refusal (which may be extended) ends.
+            match gate.refusing_until() {
+                Some(until) => tokio::select! {
+                    _ = tokio::time::sleep_until(tokio::time::Instant::from_std(until)) => {}
+                    _ = gate.changed.notified() => {
+                        if gate.take_drop_open() {
+                            connections.abort_all();
+                        }
+                    }
+                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                    _ = stop.notified() => break,
+                },
+                None => match TcpListener::bind(addr).await {
+                    Ok(bound) => {
+                        tracing::info!(%addr, "local endpoint accepting connections again");
+                        listener = Some(bound);
+                    }
+                    Err(error) => {
+                        tracing::warn!(%addr, %error, "local endpoint cannot listen again yet");
+                        tokio::select! {
+                            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                            _ = stop.notified() => break,
+                        }
+                    }
+                },
+            }
+            continue;
+        };
         tokio::select! {
-            accepted = listener.accept() => {
+            accepted = active.accept() => {
                 let Ok((stream, _peer)) = accepted else { continue };
                 let handlers = Arc::clone(&handlers);
                 let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
@@ -139,6 +227,15 @@ async fn accept_loop(listener: TcpListener, handlers: Arc<[Arc<dyn Handler>]>, s
                 });
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = gate.changed.notified() => {
+                if gate.refusing_until().is_some() {
+                    if gate.take_drop_open() {
+                        connections.abort_all();
+                    }
+                    tracing::info!(%addr, "local endpoint refusing connections");
+                    listener = None;
+                }
+            }
             _ = stop.notified() => break,
         }
     }

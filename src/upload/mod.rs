@@ -29,4 +29,5 @@ pub mod ack;
 pub mod backoff;
 pub mod control;
 pub mod errors;
+pub mod putmedia;
 pub mod session;
