@@ -8,8 +8,9 @@
 //! - `/putMedia` ([`putmedia`]): answered 200 at once, then ACK lines while the body streams
 //!   in (HTTP/1.1 full duplex), the body checked chunk by chunk ([`mkv_check`]), accepted
 //!   fragments stored ([`store`]);
-//! - `/_faults` (no signature): `POST` a [`faults::FaultRequest`] to arm faults, `GET` the
-//!   counts, `DELETE` to disarm everything.
+//! - `/_faults` (no signature): `POST` a [`faults::FaultRequest`] to arm faults (a refusal
+//!   starts 30 ms after the answer, which it would otherwise cut), `GET` the counts, `DELETE`
+//!   to disarm everything.
 //!
 //! Every answer carries `Date` (the endpoint's clock, skew included) and `x-amzn-RequestId`;
 //! errors carry `x-amzn-ErrorType` and a `{"__type", "message"}` body. PutMedia is refused
@@ -55,6 +56,8 @@ use tokio::sync::watch;
 /// Largest control-plane request body read.
 const MAX_CONTROL_BODY: usize = 1 << 20;
 const JSON: &str = "application/json";
+/// How long after answering `POST /_faults` a refusal starts.
+const REFUSAL_DELAY: Duration = Duration::from_millis(30);
 /// ACK lines buffered for a client that reads them slowly.
 const ACK_BUFFER: usize = 64;
 
@@ -160,7 +163,8 @@ impl Shared {
 
     pub(crate) fn record(&self, record: FragmentRecord) {
         let store = self.store_for(&record.stream);
-        if let Err(error) = lock(&store).log(&record) {
+        let logged = lock(&store).log(&record);
+        if let Err(error) = logged {
             tracing::warn!(%error, "local endpoint could not log a fragment");
         }
         lock(&self.records).push(record);
@@ -252,6 +256,20 @@ impl KvsHandler {
         let refusal = lock(&self.shared.faults).apply(request)?;
         if let Some(refusal) = refusal {
             self.shared.gate.refuse_for(refusal.duration, refusal.drop_open);
+        }
+        Ok(())
+    }
+
+    /// [`KvsHandler::inject`] for `POST /_faults`: a refusal starts once the answer had time
+    /// to leave, as it may cut the very connection that asked for it.
+    fn inject_later(&self, request: &FaultRequest) -> Result<(), FaultError> {
+        let refusal = lock(&self.shared.faults).apply(request)?;
+        if let Some(refusal) = refusal {
+            let gate = Arc::clone(&self.shared.gate);
+            tokio::spawn(async move {
+                tokio::time::sleep(REFUSAL_DELAY).await;
+                gate.refuse_for(refusal.duration, refusal.drop_open);
+            });
         }
         Ok(())
     }
@@ -429,10 +447,7 @@ impl KvsHandler {
         let session = Session::new(settings, numbers, now);
         let (tx, channel) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(ACK_BUFFER);
         let shared = Arc::clone(&self.shared);
-        tokio::spawn(async move {
-            putmedia::drive(session, body, tx, shared).await;
-            drop(guard);
-        });
+        tokio::spawn(putmedia::drive(session, body, tx, shared, guard));
         let mut response = http::Response::new(channel.boxed());
         response
             .headers_mut()
@@ -551,7 +566,7 @@ impl KvsHandler {
                 clear: true,
                 ..FaultRequest::default()
             }),
-            http::Method::POST => FaultRequest::from_json(&body).and_then(|r| self.inject(&r)),
+            http::Method::POST => FaultRequest::from_json(&body).and_then(|r| self.inject_later(&r)),
             other => Err(FaultError::Parse(format!("method {other} is not GET, POST or DELETE"))),
         };
         match result {
@@ -595,7 +610,9 @@ impl super::Handler for KvsHandler {
                     format!("{} {path}: operations take POST", request.method()),
                 ));
             }
-            if let Some(fault) = lock(&self.shared.faults).take_http_error(name) {
+            // Bound first: the guard must not live into the answer, which reads the clock skew.
+            let injected = lock(&self.shared.faults).take_http_error(name);
+            if let Some(fault) = injected {
                 tracing::info!(operation = name, status = fault.status, "fault: HTTP error");
                 return self.error(&ApiError::new(fault.status, &fault.error_type, fault.message));
             }
