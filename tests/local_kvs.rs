@@ -62,7 +62,9 @@ fn encode(pipeline: &str, track: usize) -> Result<(Vec<Frame>, Option<Bytes>), S
         .and_then(|e| e.downcast::<gst_app::AppSink>().ok())
         .ok_or("no appsink")?;
     sink.set_sync(false);
-    pipeline.set_state(gst::State::Playing).map_err(|e| e.to_string())?;
+    pipeline
+        .set_state(gst::State::Playing)
+        .map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     let mut codec_data = None;
     while let Ok(sample) = sink.pull_sample() {
@@ -80,7 +82,9 @@ fn encode(pipeline: &str, track: usize) -> Result<(Vec<Frame>, Option<Bytes>), S
         let data = Bytes::copy_from_slice(&buffer.map_readable().map_err(|e| e.to_string())?);
         raw.push((pts, dts, key, data));
     }
-    pipeline.set_state(gst::State::Null).map_err(|e| e.to_string())?;
+    pipeline
+        .set_state(gst::State::Null)
+        .map_err(|e| e.to_string())?;
     let base = raw.first().ok_or("no buffers")?.0;
     let frames = raw
         .into_iter()
@@ -204,7 +208,8 @@ fn media(mode: TimecodeMode) -> Media {
         ..MuxerConfig::new(vec![video, audio])
     };
     let tags = FragmentTags::new();
-    tags.set_persistent("camera", "test-pattern").expect("a valid tag");
+    tags.set_persistent("camera", "test-pattern")
+        .expect("a valid tag");
     let mut muxer = FragmentMuxer::new(config, tags).expect("a valid muxer configuration");
     let mut sink = Collect::default();
     let mut v = encoded.video.iter().cloned().peekable();
@@ -218,11 +223,17 @@ fn media(mode: TimecodeMode) -> Media {
         };
         let frame = if take_video { v.next() } else { a.next() };
         if let Some(frame) = frame {
-            muxer.push(frame, &mut sink).expect("the muxer takes encoded frames");
+            muxer
+                .push(frame, &mut sink)
+                .expect("the muxer takes encoded frames");
         }
     }
     muxer.finish(&mut sink).expect("the muxer finishes");
-    assert!(sink.fragments.len() >= 5, "{} fragments", sink.fragments.len());
+    assert!(
+        sink.fragments.len() >= 5,
+        "{} fragments",
+        sink.fragments.len()
+    );
     Media {
         header: sink.header,
         fragments: sink.fragments,
@@ -250,7 +261,11 @@ fn mkv_header(tracks: u64) -> Vec<u8> {
         w.begin(id::TRACK_ENTRY).unwrap();
         w.uint(id::TRACK_NUMBER, n).unwrap();
         w.uint(id::TRACK_TYPE, if n == 1 { 1 } else { 2 }).unwrap();
-        w.string(id::CODEC_ID, if n == 1 { "V_MPEG4/ISO/AVC" } else { "A_AAC" }).unwrap();
+        w.string(
+            id::CODEC_ID,
+            if n == 1 { "V_MPEG4/ISO/AVC" } else { "A_AAC" },
+        )
+        .unwrap();
         w.end().unwrap();
     }
     w.end().unwrap();
@@ -297,7 +312,9 @@ async fn start_endpoint(dir: &Path, tweak: impl FnOnce(&mut LocalEndpointConfig)
     config.signing_region = Some(REGION.to_owned());
     config.kvs.persist_delay = Duration::from_millis(20);
     tweak(&mut config);
-    LocalEndpoint::start(config).await.expect("the endpoint starts")
+    LocalEndpoint::start(config)
+        .await
+        .expect("the endpoint starts")
 }
 
 #[derive(Debug)]
@@ -320,7 +337,13 @@ impl Answer {
 }
 
 /// A signed control-plane call; `key` None sends no Authorization at all.
-async fn call_at(url: &str, operation: &str, body: Value, key: Option<&Credentials>, time: SystemTime) -> reqwest::Result<Answer> {
+async fn call_at(
+    url: &str,
+    operation: &str,
+    body: Value,
+    key: Option<&Credentials>,
+    time: SystemTime,
+) -> reqwest::Result<Answer> {
     let body = body.to_string();
     let mut request = http::Request::builder()
         .method("POST")
@@ -329,8 +352,15 @@ async fn call_at(url: &str, operation: &str, body: Value, key: Option<&Credentia
         .body(reqwest::Body::from(body.clone()))
         .expect("a valid request");
     if let Some(key) = key {
-        sign(&mut request, key, REGION, Service::KinesisVideo, time, PayloadHash::Bytes(body.as_bytes()))
-            .expect("signing works");
+        sign(
+            &mut request,
+            key,
+            REGION,
+            Service::KinesisVideo,
+            time,
+            PayloadHash::Bytes(body.as_bytes()),
+        )
+        .expect("signing works");
     }
     let request = reqwest::Request::try_from(request).expect("reqwest takes it");
     let response = reqwest::Client::new().execute(request).await?;
@@ -338,19 +368,32 @@ async fn call_at(url: &str, operation: &str, body: Value, key: Option<&Credentia
     let headers = response.headers().clone();
     let text = response.text().await?;
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Ok(Answer { status, headers, body })
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
 }
 
 async fn call(url: &str, operation: &str, body: Value) -> Answer {
-    call_at(url, operation, body, Some(&credentials()), SystemTime::now())
-        .await
-        .expect("the endpoint answers")
+    call_at(
+        url,
+        operation,
+        body,
+        Some(&credentials()),
+        SystemTime::now(),
+    )
+    .await
+    .expect("the endpoint answers")
 }
 
 async fn create_stream(url: &str, name: &str, retention: u64) -> String {
     let answer = call(url, "createStream", json!({"StreamName": name, "DataRetentionInHours": retention, "MediaType": "video/h264,audio/aac"})).await;
     assert_eq!(answer.status, 200, "{:?}", answer.body);
-    answer.body["StreamARN"].as_str().unwrap_or_default().to_owned()
+    answer.body["StreamARN"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[derive(Debug)]
@@ -401,8 +444,15 @@ impl Upload {
             .header("user-agent", "kinesis-edge-test")
             .body(reqwest::Body::wrap(channel))
             .expect("a valid request");
-        sign(&mut request, &options.key, REGION, Service::KinesisVideo, options.time, PayloadHash::EmptyStreaming)
-            .expect("signing works");
+        sign(
+            &mut request,
+            &options.key,
+            REGION,
+            Service::KinesisVideo,
+            options.time,
+            PayloadHash::EmptyStreaming,
+        )
+        .expect("signing works");
         let request = reqwest::Request::try_from(request).expect("reqwest takes it");
         let response = tokio::spawn(reqwest::Client::new().execute(request));
         let (events_tx, events) = mpsc::unbounded_channel();
@@ -425,7 +475,12 @@ impl Upload {
             self.rng ^= self.rng << 17;
             let len = (1 + (self.rng % 4096) as usize).min(bytes.len() - at);
             let tx = self.tx.as_mut().ok_or("the body was finished")?;
-            match tokio::time::timeout(WAIT, tx.send_data(Bytes::copy_from_slice(&bytes[at..at + len]))).await {
+            match tokio::time::timeout(
+                WAIT,
+                tx.send_data(Bytes::copy_from_slice(&bytes[at..at + len])),
+            )
+            .await
+            {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err("the connection no longer takes the body".to_owned()),
                 Err(_) => return Err("the body is not read (5 s)".to_owned()),
@@ -472,7 +527,11 @@ impl Upload {
         if status != 200 {
             let text = response.text().await.unwrap_or_default();
             let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-            return Err(Answer { status, headers, body });
+            return Err(Answer {
+                status,
+                headers,
+                body,
+            });
         }
         let events = self.events_tx.take().expect("one reader");
         tokio::spawn(async move {
@@ -484,9 +543,9 @@ impl Upload {
                         buffer.extend_from_slice(&chunk);
                         while let Some(newline) = buffer.iter().position(|b| *b == b'\n') {
                             let line: Vec<u8> = buffer.drain(..=newline).collect();
-                            let value = serde_json::from_slice(&line).unwrap_or_else(|e| {
-                                json!({"EventType": "UNPARSEABLE", "problem": e.to_string()})
-                            });
+                            let value = serde_json::from_slice(&line).unwrap_or_else(
+                                |e| json!({"EventType": "UNPARSEABLE", "problem": e.to_string()}),
+                            );
                             let _ = events.send(Event::Ack(value, Instant::now()));
                         }
                     }
@@ -548,7 +607,9 @@ fn event_types(acks: &[Value]) -> Vec<String> {
 }
 
 fn tool_output(cmd: &mut Command) -> (bool, String, String) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -558,7 +619,19 @@ fn tool_output(cmd: &mut Command) -> (bool, String, String) {
 
 /// ffprobe's frame count per codec, and ffmpeg's decode errors.
 fn check_playable(path: &Path) -> (u64, u64) {
-    let (ok, out, err) = tool_output(Command::new("ffprobe").args(["-v", "error", "-count_frames", "-show_entries", "stream=codec_name,nb_read_frames", "-of", "json"]).arg(path));
+    let (ok, out, err) = tool_output(
+        Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-count_frames",
+                "-show_entries",
+                "stream=codec_name,nb_read_frames",
+                "-of",
+                "json",
+            ])
+            .arg(path),
+    );
     assert!(ok, "ffprobe rejects {}: {err}", path.display());
     let probe: Value = serde_json::from_str(&out).expect("ffprobe prints JSON");
     let count = |codec: &str| {
@@ -569,14 +642,25 @@ fn check_playable(path: &Path) -> (u64, u64) {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     };
-    let (ok, _, err) = tool_output(Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args(["-f", "null", "-"]));
-    assert!(ok && err.trim().is_empty(), "ffmpeg finds errors in {}: {err}", path.display());
+    let (ok, _, err) = tool_output(
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-i"])
+            .arg(path)
+            .args(["-f", "null", "-"]),
+    );
+    assert!(
+        ok && err.trim().is_empty(),
+        "ffmpeg finds errors in {}: {err}",
+        path.display()
+    );
     (count("h264"), count("aac"))
 }
 
 fn count_ebml_headers(path: &Path) -> usize {
     let data = std::fs::read(path).expect("the stored file exists");
-    data.windows(4).filter(|w| *w == [0x1A, 0x45, 0xDF, 0xA3]).count()
+    data.windows(4)
+        .filter(|w| *w == [0x1A, 0x45, 0xDF, 0xA3])
+        .count()
 }
 
 /// Waits until the endpoint has `n` records for `stream`.
@@ -602,9 +686,19 @@ async fn real_media_is_acknowledged_while_streaming_and_stored_playable() {
     let described = call(&url, "describeStream", json!({"StreamName": "front-door"})).await;
     assert_eq!(described.body["StreamInfo"]["StreamARN"], arn.as_str());
     assert_eq!(described.body["StreamInfo"]["Status"], "ACTIVE");
-    let data = call(&url, "getDataEndpoint", json!({"StreamARN": arn, "APIName": "PUT_MEDIA"})).await;
+    let data = call(
+        &url,
+        "getDataEndpoint",
+        json!({"StreamARN": arn, "APIName": "PUT_MEDIA"}),
+    )
+    .await;
     assert_eq!(data.body["DataEndpoint"], url.as_str());
-    let tagged = call(&url, "tagStream", json!({"StreamARN": arn, "Tags": {"site": "warehouse-7"}})).await;
+    let tagged = call(
+        &url,
+        "tagStream",
+        json!({"StreamARN": arn, "Tags": {"site": "warehouse-7"}}),
+    )
+    .await;
     assert_eq!(tagged.status, 200);
 
     let media = media(TimecodeMode::Absolute);
@@ -615,9 +709,13 @@ async fn real_media_is_acknowledged_while_streaming_and_stored_playable() {
     assert!(headers.contains_key(http::header::DATE));
 
     // Full duplex: fragment 1 is acknowledged before fragment 3 is sent.
-    let buffering = upload.expect("BUFFERING", Some(media.fragments[0].timecode)).await;
+    let buffering = upload
+        .expect("BUFFERING", Some(media.fragments[0].timecode))
+        .await;
     upload.send(&media.fragments[1].bytes).await.unwrap();
-    let received = upload.expect("RECEIVED", Some(media.fragments[0].timecode)).await;
+    let received = upload
+        .expect("RECEIVED", Some(media.fragments[0].timecode))
+        .await;
     assert_eq!(buffering["FragmentNumber"], received["FragmentNumber"]);
     let sent_before_fragment_3 = upload.sent;
     for fragment in &media.fragments[2..] {
@@ -638,7 +736,13 @@ async fn real_media_is_acknowledged_while_streaming_and_stored_playable() {
             .filter(|a| a["FragmentTimecode"] == fragment.timecode)
             .map(|a| a["EventType"].as_str().unwrap_or("?"))
             .collect();
-        assert_eq!(mine, ["BUFFERING", "RECEIVED", "PERSISTED"], "fragment {}: {:?}", fragment.timecode, event_types(&all));
+        assert_eq!(
+            mine,
+            ["BUFFERING", "RECEIVED", "PERSISTED"],
+            "fragment {}: {:?}",
+            fragment.timecode,
+            event_types(&all)
+        );
     }
     let numbers: Vec<&str> = all
         .iter()
@@ -654,14 +758,40 @@ async fn real_media_is_acknowledged_while_streaming_and_stored_playable() {
         assert_eq!(record.timecode, fragment.timecode);
         assert_eq!(record.total_frames(), u64::from(fragment.frames));
         assert!(record.stored);
-        assert_eq!(record.acks, [AckEventType::Buffering, AckEventType::Received, AckEventType::Persisted]);
-        assert!(record.tags.iter().any(|(n, v)| n == "camera" && v == "test-pattern"), "{:?}", record.tags);
+        assert_eq!(
+            record.acks,
+            [
+                AckEventType::Buffering,
+                AckEventType::Received,
+                AckEventType::Persisted
+            ]
+        );
+        assert!(
+            record
+                .tags
+                .iter()
+                .any(|(n, v)| n == "camera" && v == "test-pattern"),
+            "{:?}",
+            record.tags
+        );
     }
-    let video: u64 = log.iter().map(|r| u64::from(r.frames.get(&1).copied().unwrap_or(0))).sum();
-    let audio: u64 = log.iter().map(|r| u64::from(r.frames.get(&2).copied().unwrap_or(0))).sum();
-    assert_eq!((video, audio), (media.video_frames as u64, media.audio_frames as u64));
+    let video: u64 = log
+        .iter()
+        .map(|r| u64::from(r.frames.get(&1).copied().unwrap_or(0)))
+        .sum();
+    let audio: u64 = log
+        .iter()
+        .map(|r| u64::from(r.frames.get(&2).copied().unwrap_or(0)))
+        .sum();
+    assert_eq!(
+        (video, audio),
+        (media.video_frames as u64, media.audio_frames as u64)
+    );
     let file = endpoint.kvs().media_path("front-door", 0);
-    assert_eq!(check_playable(&file), (media.video_frames as u64, media.audio_frames as u64));
+    assert_eq!(
+        check_playable(&file),
+        (media.video_frames as u64, media.audio_frames as u64)
+    );
     println!(
         "stored {} fragments, {video} video + {audio} audio frames in {}",
         log.len(),
@@ -683,7 +813,10 @@ async fn a_second_connection_continues_the_same_file() {
         producer_start: "1700000000.250",
         ..UploadOptions::default()
     };
-    for (part, fragments) in [&media.fragments[..half], &media.fragments[half..]].into_iter().enumerate() {
+    for (part, fragments) in [&media.fragments[..half], &media.fragments[half..]]
+        .into_iter()
+        .enumerate()
+    {
         let mut upload = Upload::open(&url, "relative", options());
         upload.send(&media.header).await.unwrap();
         upload.response().await.expect("accepted");
@@ -696,18 +829,37 @@ async fn a_second_connection_continues_the_same_file() {
         upload.finish();
         let (acks, end) = upload.rest().await;
         assert!(matches!(end, Event::End), "{end:?}");
-        assert_eq!(acks.iter().filter(|a| a["EventType"] == "PERSISTED").count(), fragments.len(), "{:?}", event_types(&acks));
+        assert_eq!(
+            acks.iter()
+                .filter(|a| a["EventType"] == "PERSISTED")
+                .count(),
+            fragments.len(),
+            "{:?}",
+            event_types(&acks)
+        );
     }
     let file = endpoint.kvs().media_path("relative", 0);
     assert_eq!(count_ebml_headers(&file), 1, "one header for both sessions");
-    assert_eq!(check_playable(&file), (media.video_frames as u64, media.audio_frames as u64));
+    assert_eq!(
+        check_playable(&file),
+        (media.video_frames as u64, media.audio_frames as u64)
+    );
     let log = records(&endpoint, "relative", media.fragments.len()).await;
     let connections: Vec<u64> = log.iter().map(|r| r.connection).collect();
-    assert_eq!(connections.iter().filter(|c| **c == connections[0]).count(), half);
+    assert_eq!(
+        connections.iter().filter(|c| **c == connections[0]).count(),
+        half
+    );
     // Relative timecodes are stored from the producer start timestamp, continuously.
     for (record, fragment) in log.iter().zip(&media.fragments) {
-        assert_eq!(record.stored_timecode, Some(1_700_000_000_250 + fragment.timecode));
-        assert_eq!(record.producer_timestamp_ms, 1_700_000_000_250 + fragment.timecode);
+        assert_eq!(
+            record.stored_timecode,
+            Some(1_700_000_000_250 + fragment.timecode)
+        );
+        assert_eq!(
+            record.producer_timestamp_ms,
+            1_700_000_000_250 + fragment.timecode
+        );
     }
     endpoint.shutdown().await;
 }
@@ -718,20 +870,56 @@ async fn each_fragment_rule_answers_its_error_and_ends_the_connection() {
     let endpoint = start_endpoint(dir.path(), |_| {}).await;
     let url = endpoint.url();
     let media = media(TimecodeMode::Absolute);
-    let replayed: Vec<u8> = [&media.header, &media.fragments[0].bytes, &media.fragments[1].bytes, &media.fragments[1].bytes]
-        .into_iter()
-        .flatten()
-        .copied()
-        .collect();
+    let replayed: Vec<u8> = [
+        &media.header,
+        &media.fragments[0].bytes,
+        &media.fragments[1].bytes,
+        &media.fragments[1].bytes,
+    ]
+    .into_iter()
+    .flatten()
+    .copied()
+    .collect();
     let with = |parts: &[Vec<u8>]| parts.concat();
     let cases: Vec<(u16, &str, Vec<u8>)> = vec![
         (4004, "FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS", replayed),
-        (4006, "INVALID_MKV_DATA", with(&[mkv_header(1), b"\x00garbage that is not EBML".to_vec()])),
-        (4009, "FRAGMENT_METADATA_LIMIT_REACHED", with(&[mkv_header(1), mkv_tags(11), mkv_cluster(1000, &[(1, 0)])])),
-        (4010, "TRACK_NUMBER_MISMATCH", with(&[mkv_header(1), mkv_cluster(1000, &[(1, 0), (2, 5)])])),
-        (4011, "FRAMES_MISSING_FOR_TRACK", with(&[mkv_header(2), mkv_cluster(1000, &[(1, 0), (1, 33)]), mkv_cluster(2000, &[(1, 0), (2, 1)])])),
-        (4012, "MORE_THAN_ALLOWED_TRACKS_FOUND", with(&[mkv_header(4), mkv_cluster(1000, &[(1, 0), (2, 0), (3, 0), (4, 0)])])),
-        (4002, "MAX_FRAGMENT_DURATION_REACHED", with(&[mkv_header(1), mkv_cluster(1000, &[(1, 0), (1, 20_001)])])),
+        (
+            4006,
+            "INVALID_MKV_DATA",
+            with(&[mkv_header(1), b"\x00garbage that is not EBML".to_vec()]),
+        ),
+        (
+            4009,
+            "FRAGMENT_METADATA_LIMIT_REACHED",
+            with(&[mkv_header(1), mkv_tags(11), mkv_cluster(1000, &[(1, 0)])]),
+        ),
+        (
+            4010,
+            "TRACK_NUMBER_MISMATCH",
+            with(&[mkv_header(1), mkv_cluster(1000, &[(1, 0), (2, 5)])]),
+        ),
+        (
+            4011,
+            "FRAMES_MISSING_FOR_TRACK",
+            with(&[
+                mkv_header(2),
+                mkv_cluster(1000, &[(1, 0), (1, 33)]),
+                mkv_cluster(2000, &[(1, 0), (2, 1)]),
+            ]),
+        ),
+        (
+            4012,
+            "MORE_THAN_ALLOWED_TRACKS_FOUND",
+            with(&[
+                mkv_header(4),
+                mkv_cluster(1000, &[(1, 0), (2, 0), (3, 0), (4, 0)]),
+            ]),
+        ),
+        (
+            4002,
+            "MAX_FRAGMENT_DURATION_REACHED",
+            with(&[mkv_header(1), mkv_cluster(1000, &[(1, 0), (1, 20_001)])]),
+        ),
     ];
     for (code, name, body) in cases {
         let stream = format!("rule-{code}");
@@ -742,16 +930,30 @@ async fn each_fragment_rule_answers_its_error_and_ends_the_connection() {
         // The body stays open: the endpoint ends the response after the ERROR.
         let (acks, end) = upload.rest().await;
         let error = acks.last().unwrap_or(&Value::Null);
-        assert_eq!(error["EventType"], "ERROR", "{code}: {:?}", event_types(&acks));
+        assert_eq!(
+            error["EventType"],
+            "ERROR",
+            "{code}: {:?}",
+            event_types(&acks)
+        );
         assert_eq!(error["ErrorId"], code, "{error}");
         assert_eq!(error["ErrorCode"], name, "{error}");
-        assert!(matches!(end, Event::End), "{code}: the response ends after ERROR, got {end:?}");
-        assert!(upload.body_refused().await, "{code}: the body is still read 5 s after the ERROR");
+        assert!(
+            matches!(end, Event::End),
+            "{code}: the response ends after ERROR, got {end:?}"
+        );
+        assert!(
+            upload.body_refused().await,
+            "{code}: the body is still read 5 s after the ERROR"
+        );
     }
     // A rejected fragment is recorded but not stored.
     let log = records(&endpoint, "rule-4004", 3).await;
     assert_eq!(log.iter().filter(|r| r.stored).count(), 2);
-    assert_eq!(log.last().and_then(|r| r.error.as_ref()).map(|e| e.id), Some(4004));
+    assert_eq!(
+        log.last().and_then(|r| r.error.as_ref()).map(|e| e.id),
+        Some(4004)
+    );
     endpoint.shutdown().await;
 }
 
@@ -764,36 +966,110 @@ async fn signatures_and_the_clock_are_checked() {
     let body = || json!({"StreamName": "signed"});
     let now = SystemTime::now();
 
-    let unsigned = call_at(&url, "describeStream", body(), None, now).await.unwrap();
-    assert_eq!((unsigned.status, unsigned.error_type()), (403, "MissingAuthenticationTokenException"));
+    let unsigned = call_at(&url, "describeStream", body(), None, now)
+        .await
+        .unwrap();
+    assert_eq!(
+        (unsigned.status, unsigned.error_type()),
+        (403, "MissingAuthenticationTokenException")
+    );
     let wrong = Credentials::new(ACCESS_KEY, "not the secret", None, None);
-    let bad = call_at(&url, "describeStream", body(), Some(&wrong), now).await.unwrap();
-    assert_eq!((bad.status, bad.error_type()), (403, "InvalidSignatureException"));
+    let bad = call_at(&url, "describeStream", body(), Some(&wrong), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        (bad.status, bad.error_type()),
+        (403, "InvalidSignatureException")
+    );
     assert_eq!(bad.body["__type"], "InvalidSignatureException");
     let unknown = Credentials::new("AKIDUNKNOWN", SECRET_KEY, None, None);
-    let bad = call_at(&url, "describeStream", body(), Some(&unknown), now).await.unwrap();
-    assert_eq!((bad.status, bad.error_type()), (403, "UnrecognizedClientException"));
-    let mut upload = Upload::open(&url, "signed", UploadOptions { key: wrong, ..UploadOptions::default() });
+    let bad = call_at(&url, "describeStream", body(), Some(&unknown), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        (bad.status, bad.error_type()),
+        (403, "UnrecognizedClientException")
+    );
+    let mut upload = Upload::open(
+        &url,
+        "signed",
+        UploadOptions {
+            key: wrong,
+            ..UploadOptions::default()
+        },
+    );
     upload.send(&mkv_header(1)).await.ok();
-    let refused = upload.response().await.expect_err("a bad PutMedia signature is refused");
-    assert_eq!((refused.status, refused.error_type()), (403, "InvalidSignatureException"));
+    let refused = upload
+        .response()
+        .await
+        .expect_err("a bad PutMedia signature is refused");
+    assert_eq!(
+        (refused.status, refused.error_type()),
+        (403, "InvalidSignatureException")
+    );
 
     // The endpoint's clock 10 minutes ahead: "Signature expired", and its Date says why.
-    endpoint.kvs().inject(&FaultRequest { clock_skew_s: Some(600.0), ..FaultRequest::default() }).unwrap();
-    let expired = call_at(&url, "describeStream", body(), Some(&credentials()), SystemTime::now()).await.unwrap();
-    assert_eq!((expired.status, expired.error_type()), (403, "InvalidSignatureException"));
-    assert!(expired.message().starts_with("Signature expired: "), "{}", expired.message());
-    assert!(expired.message().ends_with(" - 5 min.)"), "{}", expired.message());
+    endpoint
+        .kvs()
+        .inject(&FaultRequest {
+            clock_skew_s: Some(600.0),
+            ..FaultRequest::default()
+        })
+        .unwrap();
+    let expired = call_at(
+        &url,
+        "describeStream",
+        body(),
+        Some(&credentials()),
+        SystemTime::now(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (expired.status, expired.error_type()),
+        (403, "InvalidSignatureException")
+    );
+    assert!(
+        expired.message().starts_with("Signature expired: "),
+        "{}",
+        expired.message()
+    );
+    assert!(
+        expired.message().ends_with(" - 5 min.)"),
+        "{}",
+        expired.message()
+    );
     let mut upload = Upload::open(&url, "signed", UploadOptions::default());
     upload.send(&mkv_header(1)).await.ok();
-    let refused = upload.response().await.expect_err("an expired PutMedia signature is refused");
-    assert!(refused.message().starts_with("Signature expired"), "{}", refused.message());
+    let refused = upload
+        .response()
+        .await
+        .expect_err("an expired PutMedia signature is refused");
+    assert!(
+        refused.message().starts_with("Signature expired"),
+        "{}",
+        refused.message()
+    );
     // A client that learns the skew from Date signs at the endpoint's time and gets through.
-    let date = expired.headers.get(http::header::DATE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let date = expired
+        .headers
+        .get(http::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     let skew = ClockSkew::new();
-    let offset = skew.learn_from_date(date, SystemTime::now()).expect("an HTTP date");
+    let offset = skew
+        .learn_from_date(date, SystemTime::now())
+        .expect("an HTTP date");
     assert!((598_000..=602_000).contains(&offset), "learned {offset} ms");
-    let corrected = call_at(&url, "describeStream", body(), Some(&credentials()), skew.now()).await.unwrap();
+    let corrected = call_at(
+        &url,
+        "describeStream",
+        body(),
+        Some(&credentials()),
+        skew.now(),
+    )
+    .await
+    .unwrap();
     assert_eq!(corrected.status, 200, "{:?}", corrected.body);
     endpoint.shutdown().await;
 }
@@ -805,7 +1081,13 @@ async fn dropped_connections_mid_fragment_and_after_a_byte_count() {
     let url = endpoint.url();
     create_stream(&url, "drops", 24).await;
     let media = media(TimecodeMode::Absolute);
-    endpoint.kvs().inject(&FaultRequest { drop_mid_fragment: Some(2), ..FaultRequest::default() }).unwrap();
+    endpoint
+        .kvs()
+        .inject(&FaultRequest {
+            drop_mid_fragment: Some(2),
+            ..FaultRequest::default()
+        })
+        .unwrap();
     let mut upload = Upload::open(&url, "drops", UploadOptions::default());
     upload.send(&media.header).await.unwrap();
     upload.response().await.expect("accepted");
@@ -817,7 +1099,10 @@ async fn dropped_connections_mid_fragment_and_after_a_byte_count() {
         }
     }
     let (acks, end) = upload.rest().await;
-    assert!(matches!(end, Event::Failed(_)), "the response is cut, not ended: {end:?}");
+    assert!(
+        matches!(end, Event::Failed(_)),
+        "the response is cut, not ended: {end:?}"
+    );
     assert_eq!(
         event_types(&acks).first().map(String::as_str),
         Some(format!("BUFFERING {}", media.fragments[0].timecode).as_str())
@@ -825,21 +1110,44 @@ async fn dropped_connections_mid_fragment_and_after_a_byte_count() {
     assert!(event_types(&acks).contains(&format!("BUFFERING {}", media.fragments[1].timecode)));
     assert!(!event_types(&acks).contains(&format!("RECEIVED {}", media.fragments[1].timecode)));
     let log = records(&endpoint, "drops", 2).await;
-    assert_eq!(log.iter().map(|r| r.stored).collect::<Vec<_>>(), [true, false]);
-    println!("drop mid-fragment: send error {send_error:?}, records {}", log.len());
+    assert_eq!(
+        log.iter().map(|r| r.stored).collect::<Vec<_>>(),
+        [true, false]
+    );
+    println!(
+        "drop mid-fragment: send error {send_error:?}, records {}",
+        log.len()
+    );
 
     // After a byte count: the header and a little of the first fragment.
     let cut = media.header.len() + 100;
-    endpoint.kvs().inject(&FaultRequest { drop_after_bytes: Some(cut as u64), ..FaultRequest::default() }).unwrap();
+    endpoint
+        .kvs()
+        .inject(&FaultRequest {
+            drop_after_bytes: Some(cut as u64),
+            ..FaultRequest::default()
+        })
+        .unwrap();
     let mut upload = Upload::open(&url, "drops", UploadOptions::default());
     upload.send(&media.header).await.unwrap();
     upload.response().await.expect("accepted");
-    let all: Vec<u8> = media.fragments.iter().flat_map(|f| f.bytes.iter().copied()).collect();
+    let all: Vec<u8> = media
+        .fragments
+        .iter()
+        .flat_map(|f| f.bytes.iter().copied())
+        .collect();
     let _ = upload.send(&all).await;
     let (acks, end) = upload.rest().await;
     assert!(matches!(end, Event::Failed(_)), "{end:?}");
-    assert!(!acks.iter().any(|a| a["EventType"] == "RECEIVED"), "{:?}", event_types(&acks));
-    assert!(upload.body_refused().await, "the cut connection takes no more body");
+    assert!(
+        !acks.iter().any(|a| a["EventType"] == "RECEIVED"),
+        "{:?}",
+        event_types(&acks)
+    );
+    assert!(
+        upload.body_refused().await,
+        "the cut connection takes no more body"
+    );
     assert_eq!(endpoint.kvs().fault_stats().connections_dropped, 2);
     // Nothing of the cut connection was stored.
     let log = endpoint.kvs().fragments("drops");
@@ -863,12 +1171,27 @@ async fn refused_connections_for_a_while_then_served_again() {
     assert_eq!(armed.status(), 200);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
-    let refused = call_at(&url, "describeStream", json!({"StreamName": "refuse"}), Some(&credentials()), SystemTime::now()).await;
+    let refused = call_at(
+        &url,
+        "describeStream",
+        json!({"StreamName": "refuse"}),
+        Some(&credentials()),
+        SystemTime::now(),
+    )
+    .await;
     let error = refused.err().expect("the connection is refused");
     assert!(error.is_connect(), "{error:?}");
     let mut served = None;
     while started.elapsed() < WAIT {
-        if let Ok(answer) = call_at(&url, "describeStream", json!({"StreamName": "refuse"}), Some(&credentials()), SystemTime::now()).await {
+        if let Ok(answer) = call_at(
+            &url,
+            "describeStream",
+            json!({"StreamName": "refuse"}),
+            Some(&credentials()),
+            SystemTime::now(),
+        )
+        .await
+        {
             served = Some((answer.status, started.elapsed()));
             break;
         }
@@ -876,7 +1199,10 @@ async fn refused_connections_for_a_while_then_served_again() {
     }
     let (status, after) = served.expect("served again after the refusal");
     assert_eq!(status, 200);
-    assert!(after >= Duration::from_millis(700), "served after {after:?}");
+    assert!(
+        after >= Duration::from_millis(700),
+        "served after {after:?}"
+    );
     println!("refused for {after:?}");
     endpoint.shutdown().await;
 }
@@ -888,13 +1214,24 @@ async fn a_stall_stops_reading_and_acknowledging() {
     let url = endpoint.url();
     create_stream(&url, "stall", 24).await;
     let media = media(TimecodeMode::Absolute);
-    endpoint.kvs().inject(&FaultRequest::from_json(br#"{"stall": {"after_fragments": 1, "seconds": 1.0}}"#).unwrap()).unwrap();
+    endpoint
+        .kvs()
+        .inject(
+            &FaultRequest::from_json(br#"{"stall": {"after_fragments": 1, "seconds": 1.0}}"#)
+                .unwrap(),
+        )
+        .unwrap();
     let mut upload = Upload::open(&url, "stall", UploadOptions::default());
     upload.send(&media.header).await.unwrap();
     upload.response().await.expect("accepted");
     let sender = {
         let mut tx = upload.tx.take().expect("the body sender");
-        let bytes: Vec<u8> = media.fragments.iter().flat_map(|f| f.bytes.iter().copied()).chain(media.trailer.iter().copied()).collect();
+        let bytes: Vec<u8> = media
+            .fragments
+            .iter()
+            .flat_map(|f| f.bytes.iter().copied())
+            .chain(media.trailer.iter().copied())
+            .collect();
         tokio::spawn(async move {
             for chunk in bytes.chunks(1500) {
                 if tx.send_data(Bytes::copy_from_slice(chunk)).await.is_err() {
@@ -919,9 +1256,19 @@ async fn a_stall_stops_reading_and_acknowledging() {
     let (_, before) = times[received_first];
     let (next, after) = &times[received_first + 1];
     let gap = after.duration_since(before);
-    assert!(gap >= Duration::from_millis(900), "next ACK {next} after {gap:?}");
-    let persisted = times.iter().filter(|(a, _)| a["EventType"] == "PERSISTED").count();
-    assert_eq!(persisted, media.fragments.len(), "everything arrives after the stall");
+    assert!(
+        gap >= Duration::from_millis(900),
+        "next ACK {next} after {gap:?}"
+    );
+    let persisted = times
+        .iter()
+        .filter(|(a, _)| a["EventType"] == "PERSISTED")
+        .count();
+    assert_eq!(
+        persisted,
+        media.fragments.len(),
+        "everything arrives after the stall"
+    );
     println!("stall: {gap:?} without ACKs, then {persisted} fragments persisted");
     endpoint.shutdown().await;
 }
@@ -934,7 +1281,13 @@ async fn injected_error_acks_and_http_errors() {
     create_stream(&url, "errors", 24).await;
     let media = media(TimecodeMode::Absolute);
 
-    endpoint.kvs().inject(&FaultRequest::from_json(br#"{"error_ack": {"code": 5000, "after_fragments": 1}}"#).unwrap()).unwrap();
+    endpoint
+        .kvs()
+        .inject(
+            &FaultRequest::from_json(br#"{"error_ack": {"code": 5000, "after_fragments": 1}}"#)
+                .unwrap(),
+        )
+        .unwrap();
     let mut upload = Upload::open(&url, "errors", UploadOptions::default());
     upload.send(&media.header).await.unwrap();
     upload.response().await.expect("accepted");
@@ -946,27 +1299,58 @@ async fn injected_error_acks_and_http_errors() {
     let (acks, end) = upload.rest().await;
     assert!(matches!(end, Event::End), "{end:?}");
     let last = acks.last().unwrap_or(&Value::Null);
-    assert_eq!((last["ErrorId"].as_u64(), last["FragmentTimecode"].as_u64()), (Some(5000), Some(media.fragments[1].timecode)), "{:?}", event_types(&acks));
+    assert_eq!(
+        (last["ErrorId"].as_u64(), last["FragmentTimecode"].as_u64()),
+        (Some(5000), Some(media.fragments[1].timecode)),
+        "{:?}",
+        event_types(&acks)
+    );
     assert_eq!(last["ErrorCode"], "INTERNAL_ERROR");
 
     // 503 twice for describeStream only, then served.
-    endpoint.kvs().inject(&FaultRequest::from_json(br#"{"http_error": {"status": 503, "count": 2, "operations": ["describeStream"]}}"#).unwrap()).unwrap();
+    endpoint
+        .kvs()
+        .inject(
+            &FaultRequest::from_json(
+                br#"{"http_error": {"status": 503, "count": 2, "operations": ["describeStream"]}}"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
     let listed = call(&url, "listStreams", json!({})).await;
     assert_eq!(listed.status, 200);
     for _ in 0..2 {
         let answer = call(&url, "describeStream", json!({"StreamName": "errors"})).await;
-        assert_eq!((answer.status, answer.error_type()), (503, "ServiceUnavailableException"));
+        assert_eq!(
+            (answer.status, answer.error_type()),
+            (503, "ServiceUnavailableException")
+        );
         assert!(answer.headers.contains_key(http::header::DATE));
     }
-    assert_eq!(call(&url, "describeStream", json!({"StreamName": "errors"})).await.status, 200);
+    assert_eq!(
+        call(&url, "describeStream", json!({"StreamName": "errors"}))
+            .await
+            .status,
+        200
+    );
 
     // 429 and 400 ClientLimitExceeded for PutMedia.
-    for (status, kind) in [(429, "ThrottlingException"), (400, "ClientLimitExceededException")] {
-        let request = format!(r#"{{"http_error": {{"status": {status}, "operations": ["putMedia"]}}}}"#);
-        endpoint.kvs().inject(&FaultRequest::from_json(request.as_bytes()).unwrap()).unwrap();
+    for (status, kind) in [
+        (429, "ThrottlingException"),
+        (400, "ClientLimitExceededException"),
+    ] {
+        let request =
+            format!(r#"{{"http_error": {{"status": {status}, "operations": ["putMedia"]}}}}"#);
+        endpoint
+            .kvs()
+            .inject(&FaultRequest::from_json(request.as_bytes()).unwrap())
+            .unwrap();
         let mut upload = Upload::open(&url, "errors", UploadOptions::default());
         upload.send(&media.header).await.ok();
-        let answer = upload.response().await.expect_err("answered with the injected error");
+        let answer = upload
+            .response()
+            .await
+            .expect_err("answered with the injected error");
         assert_eq!((answer.status, answer.error_type()), (status, kind));
     }
 
@@ -977,15 +1361,30 @@ async fn injected_error_acks_and_http_errors() {
     let mut second = Upload::open(&url, "errors", UploadOptions::default());
     second.send(&media.header).await.ok();
     let answer = second.response().await.expect_err("refused");
-    assert_eq!((answer.status, answer.error_type()), (400, "ConnectionLimitExceededException"));
+    assert_eq!(
+        (answer.status, answer.error_type()),
+        (400, "ConnectionLimitExceededException")
+    );
     first.finish();
     assert!(matches!(first.rest().await.1, Event::End));
 
     // Faults through the HTTP API: a bad request names the field.
-    let answer = reqwest::Client::new().post(format!("{url}/_faults")).body(r#"{"http_error": {"status": 200}}"#).send().await.unwrap();
+    let answer = reqwest::Client::new()
+        .post(format!("{url}/_faults"))
+        .body(r#"{"http_error": {"status": 200}}"#)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(answer.status(), 400);
     assert!(answer.text().await.unwrap().contains("http_error.status"));
-    let stats = reqwest::Client::new().get(format!("{url}/_faults")).send().await.unwrap().text().await.unwrap();
+    let stats = reqwest::Client::new()
+        .get(format!("{url}/_faults"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let stats: Value = serde_json::from_str(&stats).unwrap();
     assert_eq!(stats["stats"]["http_errors"], 4);
     assert_eq!(stats["stats"]["error_acks"], 1);
@@ -1010,7 +1409,11 @@ async fn idle_acks_then_the_idle_timeout_and_no_retention() {
     let (acks, end) = upload.rest().await;
     assert!(matches!(end, Event::End), "{end:?}");
     assert!(started.elapsed() >= Duration::from_millis(800));
-    assert!(acks.len() >= 3 && acks.iter().all(|a| a["EventType"] == "IDLE"), "{:?}", event_types(&acks));
+    assert!(
+        acks.len() >= 3 && acks.iter().all(|a| a["EventType"] == "IDLE"),
+        "{:?}",
+        event_types(&acks)
+    );
 
     // Retention 0: RECEIVED is the last ACK of a fragment.
     let mut upload = Upload::open(&url, "idle", UploadOptions::default());
@@ -1023,11 +1426,19 @@ async fn idle_acks_then_the_idle_timeout_and_no_retention() {
     upload.finish();
     let (acks, end) = upload.rest().await;
     assert!(matches!(end, Event::End));
-    let kinds: Vec<String> = event_types(&acks).into_iter().filter(|k| k != "IDLE").collect();
+    let kinds: Vec<String> = event_types(&acks)
+        .into_iter()
+        .filter(|k| k != "IDLE")
+        .collect();
     let expected: Vec<String> = media
         .fragments
         .iter()
-        .flat_map(|f| [format!("BUFFERING {}", f.timecode), format!("RECEIVED {}", f.timecode)])
+        .flat_map(|f| {
+            [
+                format!("BUFFERING {}", f.timecode),
+                format!("RECEIVED {}", f.timecode),
+            ]
+        })
         .collect();
     assert_eq!(kinds, expected);
     endpoint.shutdown().await;

@@ -87,7 +87,9 @@ impl ConnectionGate {
     /// The end of the current refusal, if one is on.
     pub fn refusing_until(&self) -> Option<Instant> {
         let refusal = *self.refusal.lock().unwrap_or_else(PoisonError::into_inner);
-        refusal.map(|(until, _)| until).filter(|until| *until > Instant::now())
+        refusal
+            .map(|(until, _)| until)
+            .filter(|until| *until > Instant::now())
     }
 
     /// Takes the "cut open connections" request of the current refusal.
@@ -130,7 +132,13 @@ impl LocalServer {
             .map_err(|source| LocalError::Bind { addr: bind, source })?;
         let stop = Arc::new(Notify::new());
         let handlers: Arc<[Arc<dyn Handler>]> = handlers.into();
-        let task = tokio::spawn(accept_loop(listener, addr, handlers, Arc::clone(&stop), gate));
+        let task = tokio::spawn(accept_loop(
+            listener,
+            addr,
+            handlers,
+            Arc::clone(&stop),
+            gate,
+        ));
         tracing::info!(%addr, "local endpoint listening");
         Ok(LocalServer { addr, stop, task })
     }
