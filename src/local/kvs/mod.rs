@@ -507,11 +507,12 @@ impl KvsHandler {
                     )));
                 }
             },
-            None => {
-                return Err(ApiError::invalid(
-                    "x-amzn-producer-start-timestamp is required",
-                ));
-            }
+            // Optional: relative timecodes then count from the connection's arrival.
+            None => self
+                .shared
+                .wall_clock()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         };
         let ack_required = match header(headers, "x-amzn-fragment-acknowledgment-required") {
             None => true,

@@ -79,7 +79,8 @@ pub struct SessionSettings {
     pub max_connection_duration: Duration,
     /// `x-amzn-fragment-timecode-type`.
     pub timecode_type: TimecodeType,
-    /// `x-amzn-producer-start-timestamp`, ms since the epoch.
+    /// `x-amzn-producer-start-timestamp`, ms since the epoch (the connection's arrival when
+    /// the header is absent).
     pub producer_start_ms: u64,
     /// Fragment rules.
     pub limits: CheckLimits,
