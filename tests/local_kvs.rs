@@ -12,7 +12,7 @@ use kinesis_edge::aws::{ClockSkew, Credentials, PayloadHash, Service, sign};
 use kinesis_edge::local::kvs::ack::AckEventType;
 use kinesis_edge::local::kvs::faults::FaultRequest;
 use kinesis_edge::local::kvs::store::{FragmentRecord, read_fragment_log};
-use kinesis_edge::local::kvs::{LocalEndpoint, LocalEndpointConfig};
+use kinesis_edge::local::kvs::{FAULTS_PATH, LocalEndpoint, LocalEndpointConfig};
 use kinesis_edge::media::{Codec, Frame, NalFormat};
 use kinesis_edge::mkv::ebml::{EbmlWriter, id};
 use kinesis_edge::mkv::{
@@ -1163,7 +1163,7 @@ async fn refused_connections_for_a_while_then_served_again() {
     create_stream(&url, "refuse", 24).await;
     // Through the HTTP fault API.
     let armed = reqwest::Client::new()
-        .post(format!("{url}/_faults"))
+        .post(format!("{url}{FAULTS_PATH}"))
         .body(r#"{"refuse_connections_s": 1.0}"#)
         .send()
         .await
@@ -1370,7 +1370,7 @@ async fn injected_error_acks_and_http_errors() {
 
     // Faults through the HTTP API: a bad request names the field.
     let answer = reqwest::Client::new()
-        .post(format!("{url}/_faults"))
+        .post(format!("{url}{FAULTS_PATH}"))
         .body(r#"{"http_error": {"status": 200}}"#)
         .send()
         .await
@@ -1378,7 +1378,7 @@ async fn injected_error_acks_and_http_errors() {
     assert_eq!(answer.status(), 400);
     assert!(answer.text().await.unwrap().contains("http_error.status"));
     let stats = reqwest::Client::new()
-        .get(format!("{url}/_faults"))
+        .get(format!("{url}{FAULTS_PATH}"))
         .send()
         .await
         .unwrap()

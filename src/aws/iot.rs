@@ -59,7 +59,7 @@ impl IotSettings {
         let config = |reason: String| CredentialsError::IotConfig { reason };
         let endpoint = self.endpoint.trim();
         let host = match endpoint.split_once("://") {
-            Some(("https", rest)) => rest,
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => rest,
             Some((scheme, _)) => {
                 return Err(config(format!(
                     "endpoint {endpoint:?} uses {scheme}://; the credentials provider needs https"
@@ -161,7 +161,8 @@ impl IotCredentialsProvider {
         let client = self.client()?;
         let request_error = |e: reqwest::Error| CredentialsError::IotRequest {
             url: url.clone(),
-            reason: error_chain(&e),
+            // The URL is already in the message; reqwest would repeat it.
+            reason: error_chain(&e.without_url()),
         };
         let response = client
             .get(&url)

@@ -5,7 +5,7 @@
 //!   [`ProvideCredentials`] (static, environment, shared profile, KVS credential file, IoT
 //!   X.509 role alias, or the `auto` chain) → [`CredentialsCache`] (refresh before expiry,
 //!   one fetch at a time, [`CredentialsCache::invalidate`] after a 401/403).
-//! - [`sign`] signs an `http::Request` for [`Service::KinesisVideo`] or [`Service::Kinesis`]
+//! - [`sign()`] signs an `http::Request` for [`Service::KinesisVideo`] or [`Service::Kinesis`]
 //!   at a time the caller takes from [`ClockSkew::now`].
 //! - [`resolve_endpoint`] picks the regional, FIPS, dual-stack or overridden endpoint.
 //!

@@ -8,7 +8,7 @@
 //! - `/putMedia` ([`putmedia`]): answered 200 at once, then ACK lines while the body streams
 //!   in (HTTP/1.1 full duplex), the body checked chunk by chunk ([`mkv_check`]), accepted
 //!   fragments stored ([`store`]);
-//! - `/_faults` (no signature): `POST` a [`faults::FaultRequest`] to arm faults (a refusal
+//! - `/_local/kvs/faults` (no signature): `POST` a [`faults::FaultRequest`] to arm faults (a refusal
 //!   starts 30 ms after the answer, which it would otherwise cut), `GET` the counts, `DELETE`
 //!   to disarm everything.
 //!
@@ -18,7 +18,7 @@
 //! 400 ClientLimitExceededException (more than `put_media_tps` a second per stream) and 400
 //! ConnectionLimitExceededException (a second concurrent connection for a stream).
 //!
-//! Invariants: with keys configured, nothing but `/_faults` is served to a request whose
+//! Invariants: with keys configured, nothing but `/_local/kvs/faults` is served to a request whose
 //! signature does not verify; at most one PutMedia connection per stream is open; every
 //! fragment that got an ACK has exactly one [`store::FragmentRecord`], in memory
 //! ([`KvsHandler::fragments`]) and in `<data dir>/<stream>.fragments.jsonl`.
@@ -55,10 +55,12 @@ use std::time::{Duration, Instant, SystemTime};
 use store::{FragmentRecord, StreamStore, TimecodeType};
 use tokio::sync::watch;
 
+/// The fault-injection API (no signature needed).
+pub const FAULTS_PATH: &str = "/_local/kvs/faults";
 /// Largest control-plane request body read.
 const MAX_CONTROL_BODY: usize = 1 << 20;
 const JSON: &str = "application/json";
-/// How long after answering `POST /_faults` a refusal starts.
+/// How long after answering `POST /_local/kvs/faults` a refusal starts.
 const REFUSAL_DELAY: Duration = Duration::from_millis(30);
 /// ACK lines buffered for a client that reads them slowly.
 const ACK_BUFFER: usize = 64;
@@ -254,7 +256,7 @@ impl KvsHandler {
         lock(&self.shared.control).create(name, retention_hours, Some("video/h264,audio/aac"), now)
     }
 
-    /// Arms faults (as `POST /_faults` does).
+    /// Arms faults (as `POST /_local/kvs/faults` does).
     pub fn inject(&self, request: &FaultRequest) -> Result<(), FaultError> {
         let refusal = lock(&self.shared.faults).apply(request)?;
         if let Some(refusal) = refusal {
@@ -265,7 +267,7 @@ impl KvsHandler {
         Ok(())
     }
 
-    /// [`KvsHandler::inject`] for `POST /_faults`: a refusal starts once the answer had time
+    /// [`KvsHandler::inject`] for `POST /_local/kvs/faults`: a refusal starts once the answer had time
     /// to leave, as it may cut the very connection that asked for it.
     fn inject_later(&self, request: &FaultRequest) -> Result<(), FaultError> {
         let refusal = lock(&self.shared.faults).apply(request)?;
@@ -625,13 +627,13 @@ fn operation_name(path: &str) -> Option<&'static str> {
 impl super::Handler for KvsHandler {
     fn accepts(&self, request: &http::Request<Incoming>) -> bool {
         let path = request.uri().path();
-        path == "/_faults" || operation_name(path).is_some()
+        path == FAULTS_PATH || operation_name(path).is_some()
     }
 
     fn handle(self: Arc<Self>, request: http::Request<Incoming>) -> HandlerFuture {
         Box::pin(async move {
             let path = request.uri().path().to_owned();
-            if path == "/_faults" {
+            if path == FAULTS_PATH {
                 return self.faults_api(request).await;
             }
             let Some(name) = operation_name(&path) else {
