@@ -29,22 +29,29 @@ struct Encoded {
 }
 
 /// Runs `pipeline` (ending in `appsink name=out`) to EOS and returns its buffers as frames
-/// of `track`, timestamps rebased so that the first PTS is T0.
+/// of `track`, timestamps rebased so that the first PTS is T0. `None` only when GStreamer or
+/// an element is missing; any other failure fails the test.
 fn encode(pipeline: &str, track: usize) -> Option<Encoded> {
-    gst::init().ok()?;
+    if let Err(e) = gst::init() {
+        eprintln!("SKIP: GStreamer does not initialise ({e})");
+        return None;
+    }
     let pipeline = match gst::parse::launch(pipeline) {
-        Ok(p) => p.downcast::<gst::Pipeline>().ok()?,
+        Ok(p) => p.downcast::<gst::Pipeline>().expect("a pipeline"),
         Err(e) => {
             eprintln!("SKIP: cannot build GStreamer pipeline ({e})");
             return None;
         }
     };
     let sink = pipeline
-        .by_name("out")?
+        .by_name("out")
+        .expect("appsink named out")
         .downcast::<gst_app::AppSink>()
-        .ok()?;
+        .expect("an appsink");
     sink.set_sync(false);
-    pipeline.set_state(gst::State::Playing).ok()?;
+    pipeline
+        .set_state(gst::State::Playing)
+        .expect("pipeline plays");
     let mut raw = Vec::new();
     let mut codec_data = None;
     while let Ok(sample) = sink.pull_sample() {
@@ -53,17 +60,19 @@ fn encode(pipeline: &str, track: usize) -> Option<Encoded> {
                 .caps()
                 .and_then(|c| c.structure(0))
                 .and_then(|s| s.get::<gst::Buffer>("codec_data").ok())
-                .and_then(|b| b.map_readable().ok().map(|m| Bytes::copy_from_slice(&m)));
+                .map(|b| Bytes::copy_from_slice(&b.map_readable().expect("readable")));
         }
-        let buffer = sample.buffer()?;
-        let pts = buffer.pts()?.nseconds();
+        let buffer = sample.buffer().expect("sample has a buffer");
+        let pts = buffer.pts().expect("buffer has a PTS").nseconds();
         let dts = buffer.dts().map_or(pts, |d| d.nseconds());
         let key = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
-        let data = Bytes::copy_from_slice(&buffer.map_readable().ok()?);
+        let data = Bytes::copy_from_slice(&buffer.map_readable().expect("readable"));
         raw.push((pts, dts, key, data));
     }
-    pipeline.set_state(gst::State::Null).ok()?;
-    let base = raw.first()?.0;
+    pipeline
+        .set_state(gst::State::Null)
+        .expect("pipeline stops");
+    let base = raw.first().expect("the pipeline produced buffers").0;
     let frames = raw
         .into_iter()
         .map(|(pts, dts, key, data)| Frame {

@@ -64,6 +64,7 @@ pub const MAX_SIZE: u64 = (1 << 56) - 2;
 /// Deepest master nesting [`EbmlWriter`] tracks (Tags → Tag → SimpleTag needs 3).
 pub const MAX_DEPTH: usize = 8;
 
+/// What the writer refuses.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum EbmlError {
     #[error("EBML element size {0} exceeds the 8-byte vint maximum {MAX_SIZE}")]
@@ -143,6 +144,7 @@ pub struct EbmlWriter<'a> {
 }
 
 impl<'a> EbmlWriter<'a> {
+    /// Appends to `buf` (existing content is left alone).
     pub fn new(buf: &'a mut Vec<u8>) -> Self {
         Self {
             buf,
@@ -180,6 +182,7 @@ impl<'a> EbmlWriter<'a> {
         self.buf.push(UNKNOWN_SIZE);
     }
 
+    /// An unsigned integer element in the fewest bytes (at least one).
     pub fn uint(&mut self, id: u32, value: u64) -> Result<(), EbmlError> {
         let len = uint_len(value);
         put_id(self.buf, id);
@@ -188,6 +191,7 @@ impl<'a> EbmlWriter<'a> {
         Ok(())
     }
 
+    /// An 8-byte IEEE 754 float element.
     pub fn float(&mut self, id: u32, value: f64) -> Result<(), EbmlError> {
         put_id(self.buf, id);
         put_size(self.buf, 8)?;
@@ -195,6 +199,7 @@ impl<'a> EbmlWriter<'a> {
         Ok(())
     }
 
+    /// A binary element.
     pub fn binary(&mut self, id: u32, value: &[u8]) -> Result<(), EbmlError> {
         put_id(self.buf, id);
         put_size(self.buf, value.len() as u64)?;
@@ -202,6 +207,7 @@ impl<'a> EbmlWriter<'a> {
         Ok(())
     }
 
+    /// A UTF-8 string element (no terminating zero).
     pub fn string(&mut self, id: u32, value: &str) -> Result<(), EbmlError> {
         self.binary(id, value.as_bytes())
     }

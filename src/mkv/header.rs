@@ -13,12 +13,16 @@ pub const TIMECODE_SCALE_NS: u64 = 1_000_000;
 /// What the Tracks element says about one track.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrackHeader<'a> {
+    /// Matroska CodecID (`V_MPEG4/ISO/AVC`, `V_MPEGH/ISO/HEVC`, `A_AAC`).
     pub codec_id: &'a str,
+    /// Track name; empty writes none.
     pub name: &'a str,
+    /// CodecPrivate; empty writes none.
     pub codec_private: &'a [u8],
     pub kind: TrackKind,
 }
 
+/// Track type and its Video / Audio element (a video size of 0 writes no Video element).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum TrackKind {
     Video { width: u32, height: u32 },

@@ -26,6 +26,7 @@ pub const MAX_TRACKS: usize = 3;
 /// Frames queued per track: about 1 s of 60 fps video or of 48 kHz AAC.
 pub const QUEUE_CAPACITY: usize = 64;
 
+/// Why a frame was refused (and so dropped).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum InterleaveError {
     #[error("frame for track {track}, but the stream has {tracks} tracks")]
@@ -313,7 +314,7 @@ mod tests {
     fn stopped_audio_delays_video_by_at_most_max_wait() {
         let mut il = av();
         let mut frames = vec![audio(0)];
-        frames.extend((0..60).map(|i| video(i * 33, i * 33, i % 30 == 0)));
+        frames.extend((0..60).map(|i| video(i * 33, i * 33, i.is_multiple_of(30))));
         let out = run(&mut il, frames);
         // Everything more than 500 ms behind the newest video frame (1947 ms) is out.
         let released_video: Vec<u64> = out.iter().filter(|f| f.0 == 0).map(|f| f.1).collect();

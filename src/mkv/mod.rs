@@ -1,5 +1,12 @@
 //! Matroska as Kinesis Video Streams ingests it: EBML writing, the fragment muxer, fragment
 //! tags and event tags, timecode rules. No I/O: output goes to a [`MuxSink`].
+//!
+//! - [`ebml`]: element IDs, vints, a master-element writer.
+//! - [`header`]: the stream header (EBML header, Segment, SegmentInfo, Tracks).
+//! - [`tags`]: [`FragmentTags`], the thread-safe handle for metadata and events.
+//! - [`interleave`]: merging tracks that arrive from separate threads into stream order.
+//! - [`FragmentMuxer`]: frames in, fragments out; its module documentation states the
+//!   fragment, timecode and error rules.
 
 pub mod ebml;
 pub mod header;

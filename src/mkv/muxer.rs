@@ -48,7 +48,9 @@ const NS_PER_MS: u64 = 1_000_000;
 pub const MAX_BLOCK_OFFSET_MS: u64 = i16::MAX as u64;
 /// Longest fragment duration accepted (KVS's own limit on a fragment is 20 s).
 pub const MAX_FRAGMENT_DURATION: Duration = Duration::from_secs(20);
+/// Fragment length [`MuxerConfig::new`] picks.
 pub const DEFAULT_FRAGMENT_DURATION: Duration = Duration::from_secs(2);
+/// Track wait [`MuxerConfig::new`] picks.
 pub const DEFAULT_MAX_TRACK_WAIT: Duration = Duration::from_millis(500);
 const MAX_SPLIT_TOLERANCE: Duration = Duration::from_millis(100);
 /// Title written in SegmentInfo.
@@ -68,6 +70,7 @@ pub enum TimecodeMode {
 /// One track as capture describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrackSpec {
+    /// Track 0 is H.264 or H.265; other tracks are AAC.
     pub codec: Codec,
     /// How video frames delimit NAL units (ignored for audio).
     pub nal_format: NalFormat,
@@ -75,11 +78,14 @@ pub struct TrackSpec {
     /// from the first key frame's in-band parameter sets; AAC without it is AAC-LC at
     /// `sample_rate` / `channels`.
     pub codec_private: Option<Bytes>,
-    /// Hints only: the SPS decides the size written.
+    /// Video width hint; the SPS decides the size written.
     pub width: u32,
+    /// Video height hint; the SPS decides the size written.
     pub height: u32,
-    /// Audio: used when there is no AudioSpecificConfig (which otherwise decides).
+    /// Audio sample rate (Hz), used when there is no AudioSpecificConfig (which otherwise
+    /// decides).
     pub sample_rate: u32,
+    /// Audio channel configuration (1..=7), used when there is no AudioSpecificConfig.
     pub channels: u8,
     /// Track name (Matroska `Name`); empty writes none.
     pub name: String,
@@ -114,6 +120,7 @@ impl TrackSpec {
         }
     }
 
+    /// Sets the codec private data (avcC / hvcC / AudioSpecificConfig) from caps.
     pub fn with_codec_private(mut self, codec_private: Bytes) -> Self {
         self.codec_private = Some(codec_private);
         self
@@ -125,8 +132,10 @@ impl TrackSpec {
 pub struct MuxerConfig {
     /// 1..=3 tracks; track 0 is the video track, any others are audio.
     pub tracks: Vec<TrackSpec>,
-    /// Target fragment length, 0..=20 s (0: every video key frame opens a fragment).
+    /// Target fragment length, 0..=20 s (0: every video key frame opens a fragment). A key
+    /// frame up to min(duration / 8, 100 ms) early counts as on time.
     pub fragment_duration: Duration,
+    /// Absolute (epoch) or relative (stream start) Cluster timecodes.
     pub timecodes: TimecodeMode,
     /// Matroska SegmentUID; not all zeros. Keep it per stream so consumers can join sessions.
     pub segment_uid: [u8; 16],
@@ -438,10 +447,12 @@ impl FragmentMuxer {
             RunState::Stopped => return Err(MuxError::Stopped),
             RunState::Running => {}
         }
-        if let Err(e) = self.drain(sink, true)
-            && !e.is_frame_error()
-        {
-            return Err(e);
+        if let Err(e) = self.drain(sink, true) {
+            if !e.is_frame_error() {
+                return Err(e);
+            }
+            // The stream still ends properly; the dropped frame is only worth a log line.
+            tracing::warn!(error = %e, "mkv: frame dropped while finishing");
         }
         self.tags.take_end_request();
         if self.header.is_some() {

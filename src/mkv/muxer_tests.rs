@@ -21,7 +21,7 @@ fn annexb(nals: &[&[u8]]) -> Bytes {
     let mut v = Vec::new();
     for (i, nal) in nals.iter().enumerate() {
         // Mix 4- and 3-byte start codes.
-        v.extend_from_slice(if i % 2 == 0 {
+        v.extend_from_slice(if i.is_multiple_of(2) {
             &[0, 0, 0, 1]
         } else {
             &[0, 0, 1]
@@ -830,7 +830,7 @@ fn zero_duration_splits_on_every_key_frame_and_timestamps_are_tolerated() {
     let mut mux = FragmentMuxer::new(cfg, FragmentTags::new()).unwrap();
     let mut sink = RecordingSink::default();
     for i in 0..6 {
-        mux.push(video(i * 500, i * 500, i % 2 == 0), &mut sink)
+        mux.push(video(i * 500, i * 500, i.is_multiple_of(2)), &mut sink)
             .unwrap();
     }
     assert_eq!(mux.stats().fragments, 3);
@@ -843,7 +843,7 @@ fn zero_duration_splits_on_every_key_frame_and_timestamps_are_tolerated() {
         let f = Frame {
             pts_ns: pts,
             dts_ns: pts,
-            ..video(0, 0, i % 60 == 0)
+            ..video(0, 0, i.is_multiple_of(60))
         };
         mux.push(f, &mut sink).unwrap();
     }
@@ -941,7 +941,7 @@ fn audio_gap_and_late_audio() {
     // 6 s of video, audio missing from 1.95 s to 4.05 s.
     let mut frames = Vec::new();
     for i in 0..180u64 {
-        frames.push(video(i * 100 / 3, i * 100 / 3, i % 30 == 0));
+        frames.push(video(i * 100 / 3, i * 100 / 3, i.is_multiple_of(30)));
         for j in 0..2u64 {
             let t = i * 100 / 3 + j * 16;
             if !(1950..4050).contains(&t) {
@@ -1046,7 +1046,7 @@ fn a_stopped_audio_track_delays_video_by_max_track_wait_only() {
     }
     // Audio stops; 5 s more video.
     for i in 30..180u64 {
-        mux.push(video(i * 33, i * 33, i % 30 == 0), &mut sink)
+        mux.push(video(i * 33, i * 33, i.is_multiple_of(30)), &mut sink)
             .unwrap();
         assert!(mux.queued_frames() <= 16, "queued {}", mux.queued_frames());
     }
@@ -1248,7 +1248,7 @@ fn tags_go_before_each_cluster() {
             })
             .unwrap();
         }
-        mux.push(video(i * 33, i * 33, i % 30 == 0), &mut sink)
+        mux.push(video(i * 33, i * 33, i.is_multiple_of(30)), &mut sink)
             .unwrap();
     }
     mux.finish(&mut sink).unwrap();
@@ -1348,8 +1348,11 @@ fn relative_timecodes_start_at_zero() {
     let mut sink = RecordingSink::default();
     assert_eq!(mux.stream_origin_ns(), None);
     for i in 0..90u64 {
-        mux.push(video(500 + i * 33, 500 + i * 33, i % 30 == 0), &mut sink)
-            .unwrap();
+        mux.push(
+            video(500 + i * 33, 500 + i * 33, i.is_multiple_of(30)),
+            &mut sink,
+        )
+        .unwrap();
     }
     mux.finish(&mut sink).unwrap();
     assert_eq!(mux.stream_origin_ns(), Some(T0 + 500 * MS));
@@ -1451,6 +1454,13 @@ fn a_sink_error_stops_the_muxer() {
 }
 
 #[test]
+fn the_muxer_moves_between_threads() {
+    fn assert_send<T: Send>() {}
+    assert_send::<FragmentMuxer>();
+    assert_send::<MuxError>();
+}
+
+#[test]
 fn dyn_sinks_work() {
     let mut mux = video_only();
     let mut sink = RecordingSink::default();
@@ -1524,4 +1534,138 @@ fn unknown_track_is_a_frame_error() {
         .unwrap_err();
     assert!(e.is_frame_error());
     assert_eq!(mux.stats().dropped_invalid, 1);
+}
+
+// ---- Properties -----------------------------------------------------------------------------
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Delivers each track's frames with its own capture latency plus jitter, as two capture
+    /// threads would: order within a track kept, relative order across tracks arbitrary.
+    fn deliver(tracks: Vec<Vec<Frame>>, latency_ms: [u64; 2], jitter: &[u64]) -> Vec<Frame> {
+        let mut tagged = Vec::new();
+        for (t, frames) in tracks.into_iter().enumerate() {
+            let mut last_arrival = 0;
+            for (i, f) in frames.into_iter().enumerate() {
+                let j = jitter
+                    .get((i * 7 + t * 3) % jitter.len().max(1))
+                    .copied()
+                    .unwrap_or(0);
+                let arrival = (f.dts_ns / MS + latency_ms[t] + j).max(last_arrival);
+                last_arrival = arrival;
+                tagged.push((arrival, t, i, f));
+            }
+        }
+        tagged.sort_by_key(|(arrival, t, i, _)| (*arrival, *t, *i));
+        tagged.into_iter().map(|(_, _, _, f)| f).collect()
+    }
+
+    fn conserved(s: &MuxStats) -> bool {
+        s.frames_in
+            == s.frames_out
+                + s.dropped_before_key_frame
+                + s.dropped_out_of_order
+                + s.dropped_late
+                + s.dropped_invalid
+                + s.dropped_timecode_overflow
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn ebml_sizes_round_trip(size in 0..=ebml::MAX_SIZE) {
+            let mut buf = Vec::new();
+            ebml::put_size(&mut buf, size).unwrap();
+            prop_assert_eq!(buf.len(), ebml::size_len(size).unwrap());
+            let mut pos = 0;
+            prop_assert_eq!(read_vint(&buf, &mut pos, false), Some(size));
+            prop_assert_eq!(pos, buf.len());
+        }
+
+        #[test]
+        fn av_fragments_keep_their_invariants(
+            gops in 2u64..6,
+            gop in prop::sample::select(vec![15u64, 30, 60]),
+            latency_ms in [0u64..300, 0u64..300],
+            jitter in prop::collection::vec(0u64..40, 1..16),
+            audio_gap in prop::option::of((0u64..8_000, 100u64..3_000)),
+            video_stops_at in prop::option::of(1_000u64..8_000),
+            audio_stops_at in prop::option::of(0u64..8_000),
+            fragment_ms in prop::sample::select(vec![0u64, 1_000, 2_000]),
+        ) {
+            let video_frames = gops * gop;
+            let video: Vec<Frame> = b_frame_gop(video_frames, gop)
+                .into_iter()
+                .filter(|&(pts, _, _)| video_stops_at.is_none_or(|s| pts < s))
+                .map(|(p, d, k)| video(p, d, k))
+                .collect();
+            let end_ms = video_frames * 100 / 3 + 100;
+            let audio: Vec<Frame> = (0..end_ms * 48 / 1024)
+                .map(|i| T0 + i * 1024 * 1_000_000_000 / 48_000)
+                .filter(|&pts| {
+                    let ms = (pts - T0) / MS;
+                    audio_gap.is_none_or(|(at, len)| !(at..at + len).contains(&ms))
+                        && audio_stops_at.is_none_or(|s| ms < s)
+                })
+                .map(audio_at_ns)
+                .collect();
+            let mut cfg = config(vec![
+                TrackSpec::video(Codec::H264, NalFormat::AnnexB),
+                TrackSpec::aac(48_000, 2),
+            ]);
+            cfg.fragment_duration = Duration::from_millis(fragment_ms);
+            let mut mux = FragmentMuxer::new(cfg, FragmentTags::new()).unwrap();
+            let mut sink = RecordingSink::default();
+            for frame in deliver(vec![video, audio], latency_ms, &jitter) {
+                if let Err(e) = mux.push(frame, &mut sink) {
+                    prop_assert!(e.is_frame_error(), "{}", e);
+                }
+            }
+            mux.finish(&mut sink).unwrap();
+            assert_fragment_invariants(&sink);
+            let stats = mux.stats();
+            prop_assert!(conserved(&stats), "{:?}", stats);
+            // Skews below max_track_wait never make a frame late or defer a split.
+            prop_assert_eq!(stats.dropped_late, 0, "{:?}", stats);
+            prop_assert_eq!(stats.splits_deferred, 0, "{:?}", stats);
+            prop_assert_eq!(stats.dropped_out_of_order, 0);
+        }
+
+        #[test]
+        fn garbage_payloads_never_panic(
+            payloads in prop::collection::vec(
+                (prop::collection::vec(prop::sample::select(vec![0u8, 1, 3, 0x41, 0x65, 0xFF]), 0..40), any::<bool>()),
+                1..40,
+            ),
+            use_length_prefixed in any::<bool>(),
+        ) {
+            let format = if use_length_prefixed { NalFormat::LengthPrefixed } else { NalFormat::AnnexB };
+            let mut mux = FragmentMuxer::new(
+                config(vec![TrackSpec::video(Codec::H264, format)]),
+                FragmentTags::new(),
+            )
+            .unwrap();
+            let mut sink = RecordingSink::default();
+            let good = match format {
+                NalFormat::AnnexB => annexb(&[&SPS, &PPS, &IDR]),
+                NalFormat::LengthPrefixed => length_prefixed(&[&SPS, &PPS, &IDR]),
+            };
+            mux.push(Frame { data: good, ..key_frame(0, 0) }, &mut sink).unwrap();
+            for (i, (bytes, key)) in payloads.into_iter().enumerate() {
+                let t = 33 * (i as u64 + 1);
+                let frame = Frame { data: Bytes::from(bytes), ..video(t, t, key) };
+                if let Err(e) = mux.push(frame, &mut sink) {
+                    prop_assert!(e.is_frame_error(), "{}", e);
+                }
+            }
+            mux.finish(&mut sink).unwrap();
+            // Whatever was accepted is well-formed.
+            let p = sink.parsed();
+            prop_assert!(!p.clusters().is_empty());
+            prop_assert!(conserved(&mux.stats()));
+        }
+    }
 }

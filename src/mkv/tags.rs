@@ -34,8 +34,11 @@ pub const RESERVED_PREFIX: &str = "AWS";
 
 /// Closes a fragment early (EoFR) and ends a session (EoS); empty value.
 pub const END_OF_FRAGMENT: &str = "AWS_KINESISVIDEO_END_OF_FRAGMENT";
+/// Marks an image-generation event (empty value).
 pub const IMAGE_GENERATION: &str = "AWS_KINESISVIDEO_IMAGE_GENERATION";
+/// S3 key prefix of an image-generation event.
 pub const IMAGE_PREFIX: &str = "AWS_KINESISVIDEO_IMAGE_PREFIX";
+/// Marks a notification event (empty value).
 pub const NOTIFICATION: &str = "AWS_KINESISVIDEO_NOTIFICATION";
 
 type Name = heapless::String<MAX_NAME_LEN>;
@@ -55,6 +58,7 @@ pub enum Event {
 }
 
 impl Event {
+    /// Which event type this is (at most one of each per fragment).
     pub fn kind(&self) -> EventKind {
         match self {
             Event::ImageGeneration { .. } => EventKind::ImageGeneration,
@@ -63,6 +67,7 @@ impl Event {
     }
 }
 
+/// The event types KVS knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
     ImageGeneration,
@@ -215,6 +220,7 @@ struct Shared {
 pub struct FragmentTags(Arc<Shared>);
 
 impl FragmentTags {
+    /// An empty set of tags.
     pub fn new() -> Self {
         Self::default()
     }
@@ -294,8 +300,10 @@ impl FragmentTags {
     }
 
     /// Asks the muxer to close the current fragment at the next frame it writes: queued
-    /// transient tags and events go into that fragment, followed by an
-    /// `AWS_KINESISVIDEO_END_OF_FRAGMENT` tag; the next video key frame opens a new fragment.
+    /// transient tags and events go into that fragment (as many as its 10-item budget still
+    /// allows), followed by an `AWS_KINESISVIDEO_END_OF_FRAGMENT` tag; frames then wait for the
+    /// next video key frame, which opens a new fragment whatever the fragment duration. No
+    /// effect when no fragment is open.
     pub fn end_fragment(&self) {
         self.0.end_requested.store(true, Ordering::Release);
     }

@@ -1,0 +1,222 @@
+//! The muxer's steady-state per-frame path allocates nothing: counted by a global allocator
+//! wrapper over many fragments of A/V frames, Annex-B and length-prefixed, with tags.
+
+use bytes::Bytes;
+use kinesis_edge::media::{Codec, Frame, NalFormat};
+use kinesis_edge::mkv::{
+    FragmentEnd, FragmentMuxer, FragmentStart, FragmentTags, MuxSink, MuxerConfig, TrackSpec,
+};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::io;
+
+struct CountingAllocator;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: defers to the system allocator; only counts (per thread) on the way.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+const SPS_1080P: [u8; 30] = [
+    0x67, 0x64, 0x00, 0x28, 0xAC, 0xD9, 0x40, 0x78, 0x02, 0x27, 0xE5, 0xC0, 0x5A, 0x80, 0x80, 0x80,
+    0xA0, 0x00, 0x00, 0x03, 0x00, 0x20, 0x00, 0x00, 0x07, 0x91, 0xE3, 0x06, 0x32, 0xC0,
+];
+const PPS: [u8; 5] = [0x68, 0xEB, 0xEC, 0xB2, 0x2C];
+
+/// Slice-like bytes without any `00 00` pair, so no start code is emulated.
+fn slice_nal(header: u8, len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len);
+    out.push(header);
+    let mut prev = header;
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let mut b = state as u8;
+        if prev == 0 && b == 0 {
+            b = 0x5A;
+        }
+        out.push(b);
+        prev = b;
+    }
+    out
+}
+
+fn access_unit(format: NalFormat, key: bool, seed: u64) -> Bytes {
+    let aud: &[u8] = &[0x09, 0x10];
+    let slice = slice_nal(if key { 0x65 } else { 0x41 }, 4_000, seed);
+    let nals: Vec<&[u8]> = if key {
+        vec![aud, &SPS_1080P, &PPS, &slice]
+    } else {
+        vec![aud, &slice]
+    };
+    let mut out = Vec::new();
+    for nal in nals {
+        match format {
+            NalFormat::AnnexB => out.extend_from_slice(&[0, 0, 0, 1]),
+            NalFormat::LengthPrefixed => out.extend_from_slice(&(nal.len() as u32).to_be_bytes()),
+        }
+        out.extend_from_slice(nal);
+    }
+    let bytes = Bytes::from(out);
+    // The first clone of a Vec-backed `Bytes` allocates its shared header (in `bytes`, not
+    // in the muxer); do it here, as a capture source's buffers would already be shared.
+    drop(bytes.clone());
+    bytes
+}
+
+#[derive(Default)]
+struct CountingSink {
+    bytes: u64,
+    fragments: u64,
+}
+
+impl MuxSink for CountingSink {
+    fn stream_header(&mut self, header: &Bytes) -> io::Result<()> {
+        self.bytes += header.len() as u64;
+        Ok(())
+    }
+    fn fragment_start(&mut self, _: &FragmentStart) -> io::Result<()> {
+        self.fragments += 1;
+        Ok(())
+    }
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.bytes += bytes.len() as u64;
+        Ok(())
+    }
+    fn write_payload(&mut self, payload: &Bytes) -> io::Result<()> {
+        self.bytes += payload.len() as u64;
+        Ok(())
+    }
+    fn fragment_end(&mut self, _: &FragmentEnd) -> io::Result<()> {
+        Ok(())
+    }
+    fn stream_end(&mut self, trailer: &[u8]) -> io::Result<()> {
+        self.bytes += trailer.len() as u64;
+        Ok(())
+    }
+}
+
+const MS: u64 = 1_000_000;
+const T0: u64 = 1_700_000_000_000 * MS;
+
+/// Video at 30 fps (a key frame every 60) and AAC at 46.875 fps, merged in PTS order with
+/// video 100 ms late relative to audio, as two capture threads would deliver them.
+fn frames(format: NalFormat, video_frames: u64) -> Vec<Frame> {
+    let key = access_unit(format, true, 7);
+    let deltas: Vec<Bytes> = (0..4).map(|s| access_unit(format, false, s + 11)).collect();
+    let aac = Bytes::from(vec![0x21u8; 341]);
+    drop(aac.clone());
+    let mut out = Vec::new();
+    let mut audio_index = 0;
+    for i in 0..video_frames {
+        let pts = T0 + i * 100 * MS / 3;
+        let data = if i.is_multiple_of(60) {
+            key.clone()
+        } else {
+            deltas[(i % 4) as usize].clone()
+        };
+        out.push(Frame {
+            track: 0,
+            pts_ns: pts,
+            dts_ns: pts,
+            duration_ns: 0,
+            key: i.is_multiple_of(60),
+            data,
+        });
+        loop {
+            let apts = T0 + audio_index * 1024 * 1_000_000_000 / 48_000;
+            if apts > pts + 100 * MS {
+                break;
+            }
+            out.push(Frame {
+                track: 1,
+                pts_ns: apts,
+                dts_ns: apts,
+                duration_ns: 0,
+                key: true,
+                data: aac.clone(),
+            });
+            audio_index += 1;
+        }
+    }
+    out
+}
+
+fn steady_state_allocations(format: NalFormat) -> (u64, u64, u64) {
+    let tags = FragmentTags::new();
+    tags.set_persistent("site", "warehouse-7").unwrap();
+    tags.set_persistent("camera", "front-door").unwrap();
+    let mut muxer = FragmentMuxer::new(
+        MuxerConfig::new(vec![
+            TrackSpec::video(Codec::H264, format),
+            TrackSpec::aac(48_000, 2),
+        ]),
+        tags,
+    )
+    .unwrap();
+    let mut sink = CountingSink::default();
+    let mut all = frames(format, 3300);
+    let measured = all.split_off(all.len() / 11);
+    // Warm-up: stream header, first fragments, buffers reaching their working size.
+    for frame in all {
+        muxer.push(frame, &mut sink).unwrap();
+    }
+    let count = measured.len() as u64;
+    let fragments_before = sink.fragments;
+    let before = allocations();
+    for frame in measured {
+        muxer.push(frame, &mut sink).unwrap();
+    }
+    let allocated = allocations() - before;
+    (allocated, count, sink.fragments - fragments_before)
+}
+
+#[test]
+fn annexb_per_frame_path_allocates_nothing() {
+    let (allocated, frames, fragments) = steady_state_allocations(NalFormat::AnnexB);
+    assert!(frames > 7_000);
+    assert_eq!(fragments, 50, "fragment opens are part of the steady state");
+    assert_eq!(allocated, 0, "{allocated} allocations over {frames} frames");
+}
+
+#[test]
+fn length_prefixed_per_frame_path_allocates_nothing() {
+    let (allocated, frames, fragments) = steady_state_allocations(NalFormat::LengthPrefixed);
+    assert!(frames > 7_000);
+    assert_eq!(fragments, 50);
+    assert_eq!(allocated, 0, "{allocated} allocations over {frames} frames");
+}
+
+#[test]
+fn the_counter_counts() {
+    let before = allocations();
+    let v: Vec<u8> = Vec::with_capacity(std::hint::black_box(10));
+    drop(std::hint::black_box(v));
+    assert_eq!(allocations() - before, 1);
+}
