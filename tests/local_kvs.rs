@@ -1179,7 +1179,7 @@ async fn refused_connections_for_a_while_then_served_again() {
         SystemTime::now(),
     )
     .await;
-    let error = refused.err().expect("the connection is refused");
+    let error = refused.expect_err("the connection is refused");
     assert!(error.is_connect(), "{error:?}");
     let mut served = None;
     while started.elapsed() < WAIT {

@@ -1098,6 +1098,23 @@ mod tests {
     }
 
     #[test]
+    fn without_acknowledgements_only_errors_are_sent() {
+        let mut h = Harness::new(true);
+        h.session.settings.ack_required = false;
+        let mut body = header();
+        body.extend(cluster(0));
+        body.extend(cluster(1000));
+        h.data(0, &body);
+        h.tick(5000);
+        assert_eq!(h.log, ["store 1700000000000"]);
+        assert_eq!(h.records.len(), 1, "recorded once stored, with no ACK");
+        assert!(h.records[0].acks.is_empty() && h.records[0].stored);
+        h.data(5100, &cluster(500));
+        assert_eq!(h.log.last().map(String::as_str), Some("close"));
+        assert!(h.log.iter().any(|l| l == "ERROR 500 4004"), "{:?}", h.log);
+    }
+
+    #[test]
     fn connection_age_limit_is_4003() {
         let mut h = Harness::new(true);
         h.session.settings.max_connection_duration = Duration::from_secs(1);
