@@ -976,11 +976,6 @@ impl MkvChecker {
             out.push(CheckEvent::Header(Arc::clone(&built)));
             self.header.built = Some(built);
         }
-        let tracks = self.header.built.as_ref().map_or(0, |h| h.tracks.len());
-        if tracks > self.limits.max_tracks {
-            // Reported for the first fragment, once its timecode is known.
-            tracing::debug!(tracks, "more tracks than allowed");
-        }
         let frames = self
             .header
             .built
