@@ -196,7 +196,7 @@ pub struct LocalEndpointArgs {
     /// Longest fragment accepted, seconds (ERROR 4002 beyond).
     #[arg(long, default_value_t = 20.0)]
     pub max_fragment_duration_s: f64,
-    /// Faults to arm at start, as the JSON `POST /_faults` takes.
+    /// Faults to arm at start, as the JSON `POST /_local/kvs/faults` takes.
     #[arg(long)]
     pub faults: Option<String>,
 }
@@ -272,7 +272,7 @@ pub async fn run_cli(args: LocalEndpointArgs) -> Result<(), LocalEndpointError> 
         checks = if checking { "checked" } else { "not checked" },
     );
     println!(
-        "use AWS_ENDPOINT_URL={url}; faults: curl -X POST {url}/_faults -d '{{\"refuse_connections_s\": 10}}'",
+        "use AWS_ENDPOINT_URL={url}; faults: curl -X POST {url}/_local/kvs/faults -d '{{\"refuse_connections_s\": 10}}'",
         url = endpoint.url()
     );
     wait_for_stop().await?;
