@@ -30,7 +30,9 @@ use tokio::task::JoinHandle;
 use super::body::{BodySender, SendError, body_channel};
 use super::http::{KvsAccess, PutMediaTarget, TimecodeType};
 use super::pacer::{Pacer, PacingLimits};
-use crate::buffer::{self, FragmentReader, ReadResult, SessionId, StreamSession};
+use crate::buffer::{
+    self, FragmentId, FragmentReader, FragmentState, ReadResult, SessionId, StreamSession,
+};
 use crate::upload::backoff::JitterSource;
 use crate::upload::errors::{Failure, TransportKind};
 use crate::upload::session::{
@@ -142,6 +144,8 @@ struct Conn {
     /// Nothing more follows on this connection for now: send the end-of-fragment tag so the
     /// service completes (and acknowledges) the last fragment.
     end_tag_pending: bool,
+    /// A fragment the service refused for good is being read past (not sent).
+    discarding: Option<FragmentId>,
     /// Session events held until HTTP 200 (the session ignores fragments of a connection it
     /// does not know as open yet).
     deferred: Vec<Event>,
@@ -164,6 +168,7 @@ impl Conn {
             switch_pending: false,
             needs_end_tag: false,
             end_tag_pending: false,
+            discarding: None,
             deferred: Vec::new(),
         }
     }
@@ -223,6 +228,9 @@ pub struct PutMediaDriver {
     last_carried: Option<SessionId>,
     /// `AWS_KINESISVIDEO_END_OF_FRAGMENT` Tags.
     end_of_fragment: Bytes,
+    /// Skips of fragments the muxer is still writing (session, timecode, error id): applied
+    /// once they close, and such a fragment is not sent again meanwhile.
+    deferred_skips: Vec<(SessionId, u64, u32)>,
     retention_off: bool,
     shutdown_sent: bool,
     counters: Arc<UploadCounters>,
@@ -272,6 +280,7 @@ impl PutMediaDriver {
             lookahead: false,
             last_carried: None,
             end_of_fragment,
+            deferred_skips: Vec::new(),
             retention_off: false,
             shutdown_sent: false,
             counters: Arc::new(UploadCounters::default()),
@@ -531,6 +540,14 @@ impl PutMediaDriver {
                     self.close_if_switch_done(now);
                     return;
                 }
+                if self
+                    .deferred_skips
+                    .iter()
+                    .any(|(session, tc, _)| *session == meta.session && *tc == meta.timecode_ms)
+                {
+                    conn.discarding = Some(meta.id);
+                    return;
+                }
                 if let Some(at) = self.pacer.fragment_start_at(now) {
                     self.hold(ReadResult::FragmentStart(meta), at);
                     return;
@@ -556,6 +573,7 @@ impl PutMediaDriver {
                 };
                 self.tell(event, now);
             }
+            ReadResult::Chunk(_) if conn.discarding.is_some() => {}
             ReadResult::Chunk(chunk) => {
                 if let Some(at) = self.pacer.chunk_at(now) {
                     self.hold(ReadResult::Chunk(chunk), at);
@@ -567,7 +585,15 @@ impl PutMediaDriver {
                     UploadCounters::add(&self.counters.bytes_sent, len as u64);
                 }
             }
+            ReadResult::FragmentEnd(id) if conn.discarding == Some(id) => {
+                conn.discarding = None;
+                self.apply_deferred_skips();
+            }
             ReadResult::FragmentEnd(_) => {
+                self.apply_deferred_skips_if_any();
+                let Some(conn) = self.conn.as_mut() else {
+                    return;
+                };
                 if let Some(timecode_ms) = conn.in_fragment.take() {
                     conn.needs_end_tag = true;
                     conn.end_tag_pending = conn.finishing;
@@ -578,6 +604,10 @@ impl PutMediaDriver {
                     UploadCounters::add(&self.counters.fragments_sent, 1);
                     self.tell(event, now);
                 }
+            }
+            ReadResult::FragmentAborted(id) if conn.discarding == Some(id) => {
+                conn.discarding = None;
+                self.apply_deferred_skips();
             }
             ReadResult::FragmentAborted(id) => {
                 let id_conn = conn.id;
@@ -769,6 +799,7 @@ impl PutMediaDriver {
                 if let Some(old) = self.conn.take() {
                     old.close();
                 }
+                self.apply_deferred_skips_if_any();
                 self.reader.rewind_to_first_unacked();
                 self.reader_finished = false;
                 self.lookahead = false;
@@ -825,18 +856,15 @@ impl PutMediaDriver {
             Action::SkipFragment { timecode_ms, code } => {
                 let now = Instant::now();
                 if let Some(session) = self.fragment_session(timecode_ms) {
-                    match self.reader.skip(session, timecode_ms, code.id()) {
-                        Ok(id) => tracing::warn!(
-                            stream = %self.stream_name,
-                            fragment = %id,
-                            timecode_ms,
-                            %code,
-                            "the service refused the fragment for good; skipped"
-                        ),
-                        Err(error) => {
-                            tracing::warn!(stream = %self.stream_name, %error, "skip not applied")
-                        }
-                    }
+                    tracing::warn!(
+                        stream = %self.stream_name,
+                        timecode_ms,
+                        %code,
+                        "the service refused the fragment for good; skipping it"
+                    );
+                    self.deferred_skips.push((session, timecode_ms, code.id()));
+                    // A fragment the muxer still writes is skipped once it closes.
+                    self.apply_deferred_skips();
                 }
                 UploadCounters::add(&self.counters.fragments_skipped, 1);
                 self.fragment_done(timecode_ms, now);
@@ -866,6 +894,41 @@ impl PutMediaDriver {
         }
         UploadCounters::add(&self.counters.fragments_acked, 1);
         self.fragment_done(timecode_ms, now);
+    }
+
+    fn apply_deferred_skips_if_any(&mut self) {
+        if !self.deferred_skips.is_empty() {
+            self.apply_deferred_skips();
+        }
+    }
+
+    /// Skips the refused fragments that are no longer open in the log.
+    fn apply_deferred_skips(&mut self) {
+        if self.deferred_skips.is_empty() {
+            return;
+        }
+        let open: Vec<(SessionId, u64)> = self
+            .reader
+            .fragments()
+            .iter()
+            .filter(|f| f.state == FragmentState::Open)
+            .map(|f| (f.session, f.timecode_ms))
+            .collect();
+        let reader = &self.reader;
+        let stream = self.stream_name.as_str();
+        self.deferred_skips.retain(|(session, timecode_ms, code)| {
+            if open.contains(&(*session, *timecode_ms)) {
+                return true;
+            }
+            match reader.skip(*session, *timecode_ms, *code) {
+                Ok(id) => {
+                    tracing::debug!(stream, fragment = %id, timecode_ms, "skipped in the buffer")
+                }
+                // Already gone (evicted, or abandoned by the muxer): nothing to skip.
+                Err(error) => tracing::debug!(stream, %error, "skip not applied"),
+            }
+            false
+        });
     }
 
     fn fragment_session(&self, timecode_ms: u64) -> Option<SessionId> {
@@ -964,17 +1027,9 @@ impl PutMediaDriver {
                 tracing::info!(stream, %conn, ?rotate_in, "PutMedia streaming");
             }
             SessionEvent::AckReceived { conn, ack, latency } => {
+                // Only final ACKs reach the buffer (through `AckFragment`): its fragment states
+                // then still tell which fragment the muxer is writing.
                 tracing::trace!(stream, %conn, ?ack, ?latency, "ACK");
-                if let (crate::upload::ack::AckKind::Buffering, Some(tc), Some(session)) = (
-                    &ack.kind,
-                    ack.fragment_timecode_ms,
-                    self.conn
-                        .as_ref()
-                        .and_then(|c| c.carries.as_ref().map(|s| s.id())),
-                ) {
-                    // Progress only; a miss (already final) is harmless.
-                    let _ = self.reader.ack(session, tc, buffer::AckKind::Buffering);
-                }
             }
             SessionEvent::UnexpectedAck { conn, timecode_ms } => {
                 tracing::debug!(stream, %conn, ?timecode_ms, "ACK for a fragment not in flight");
