@@ -233,6 +233,8 @@ pub struct PutMediaDriver {
     deferred_skips: Vec<(SessionId, u64, u32)>,
     retention_off: bool,
     shutdown_sent: bool,
+    /// A stop was requested: flush, then shut the session down.
+    flushing: bool,
     counters: Arc<UploadCounters>,
 }
 
@@ -283,6 +285,7 @@ impl PutMediaDriver {
             deferred_skips: Vec::new(),
             retention_off: false,
             shutdown_sent: false,
+            flushing: false,
             counters: Arc::new(UploadCounters::default()),
         })
     }
@@ -305,6 +308,7 @@ impl PutMediaDriver {
                 break;
             }
             if let Some(at) = deadline {
+                self.flushing = true;
                 if Instant::now() >= at {
                     tracing::warn!(
                         stream = %self.stream_name,
@@ -392,8 +396,9 @@ impl PutMediaDriver {
             room_only: false,
         };
         let Some(conn) = &self.conn else {
-            // No connection: watch the log only to wake an idle session.
-            let probe = self.session.state() == StateKind::Idle
+            // No connection: watch the log to wake an idle session, and while stopping to
+            // learn that the writer is gone.
+            let probe = (self.session.state() == StateKind::Idle || self.flushing)
                 && !self.lookahead
                 && !self.reader_finished
                 && !self.shutdown_sent;
@@ -967,7 +972,10 @@ impl PutMediaDriver {
         if self.shutdown_sent {
             return;
         }
+        // Everything the muxer wrote is done with (the writer is gone and nothing is left).
+        let nothing_left = self.reader_finished && self.reader.stats().fragments_buffered == 0;
         let ready = match &self.conn {
+            Some(conn) if conn.stage == Stage::AwaitingData => nothing_left,
             Some(conn) => {
                 conn.stage == Stage::Streaming
                     && self.reader_finished
@@ -978,16 +986,13 @@ impl PutMediaDriver {
             }
             None => match self.session.state() {
                 StateKind::Paused | StateKind::Stopped => true,
+                _ if nothing_left => true,
                 StateKind::Idle if self.reader_finished => {
-                    if self.reader.stats().fragments_buffered == 0 {
-                        true
-                    } else {
-                        // Something unacknowledged is behind the cursor: look again from the
-                        // first unacknowledged fragment.
-                        self.reader.rewind_to_first_unacked();
-                        self.reader_finished = false;
-                        false
-                    }
+                    // Something unacknowledged is behind the cursor: look again from the
+                    // first unacknowledged fragment.
+                    self.reader.rewind_to_first_unacked();
+                    self.reader_finished = false;
+                    false
                 }
                 _ => false,
             },
