@@ -2,8 +2,9 @@
 //!
 //! Every fragment stays here until Kinesis Video Streams has acknowledged it. The live edge is
 //! in memory; every closed fragment not yet acknowledged is also on disk, so a network outage,
-//! a crash (SIGKILL) or a power cut loses at most the fragment being recorded (plus, with
-//! `fsync` off, what the kernel had not written back at a power cut).
+//! a crash (SIGKILL) or a power cut loses at most the fragment being recorded, plus a fragment
+//! that closed in the last milliseconds and was still on its way to disk (and, with `fsync`
+//! off, what the kernel had not written back at a power cut).
 //!
 //! # Threads and handles
 //!
@@ -66,15 +67,15 @@
 //! 1. A fragment leaves the log only by a final ACK (PERSISTED; RECEIVED when the stream has no
 //!    retention, [`FragmentReader::set_retention`]), a skip (service refused it), eviction (budget
 //!    full; counted and logged), a failed read-back (counted as lost) or when the writer abandons
-//!    it open. Every exit of a stored fragment is written to the ACK log so a restart does not
-//!    resend it.
+//!    it open. When a stored fragment leaves, an ACK-log record (or the deletion of its whole
+//!    segment) keeps a restart from resending it.
 //! 2. The partly-sent fragment is never evicted and never removed under the reader; it keeps its
 //!    memory copy. Eviction takes the oldest whole fragment other than it.
 //! 3. Fragment ids grow by one per fragment. After a restart they continue above the highest
 //!    id on disk, so an id that reached disk is never given to another fragment.
 //! 4. Memory: when over budget, memory copies of the oldest closed fragments that are on disk
 //!    are dropped first (reads then come from disk), except the partly-sent fragment and the
-//!    next [`READAHEAD_FRAGMENTS`](index::READAHEAD_FRAGMENTS) the reader will read. Closed
+//!    next two fragments the reader will read (loaded ahead from disk). Closed
 //!    fragments not on disk are evicted, oldest first, only down to the budget when there is no
 //!    disk tier or the last write failed, and only down to budget + max(budget, 8 MiB) while
 //!    the disk thread is merely behind.
@@ -86,8 +87,8 @@
 //!
 //! `<dir>/<stream name>/`: `LOCK` (an advisory lock: one process per stream),
 //! `<first id>.seg` segment files (append-only records: a stream-header record at the start of
-//! each segment and whenever the header changes, then one record per closed fragment; see
-//! [`record`]), and `<first id>.ack` ACK logs (one small CRC-checked record per fragment that is
+//! each segment and whenever the header changes, then one record per closed fragment; the
+//! byte layout is in `record.rs`), and `<first id>.ack` ACK logs (one small CRC-checked record per fragment that is
 //! done). Records never span segments. A segment is fsynced after each fragment record when
 //! `fsync` is on, the directory after a segment is created or deleted.
 //!
@@ -116,7 +117,6 @@ mod writer;
 
 pub use reader::FragmentReader;
 pub use record::DoneKind;
-pub use segment::RecordFault;
 pub use types::{
     AckKind, Budgets, BufferStats, Damage, DamageAction, FragmentId, FragmentInfo, FragmentMeta,
     FragmentState, OldestUnacked, ReadResult, RecoveryReport, SessionId, StreamSession,
