@@ -4,4 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh --test
+tools="$PWD/target/test-tools"
+export PATH="$tools/venv/bin:$PATH" KINESALITE_DIR="$tools/kinesalite"
+# Tests that need an external tool fail, rather than skip, when it is missing.
+export KINESIS_EDGE_REQUIRE_TOOLS=1
 cargo test --all-features --locked "$@"

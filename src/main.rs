@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 /// Camera producer daemon: captures H.264/AAC through GStreamer, muxes Matroska fragments as
@@ -64,6 +65,37 @@ enum Command {
         #[arg(long, short)]
         output: PathBuf,
     },
+    /// Put one record into a Kinesis data stream, for scripts.
+    ///
+    /// Sends through the daemon's producer code (shard map, limits, retries, error classes) and
+    /// exits 0 only once the service has taken the record; otherwise it prints the reason and
+    /// exits 1. Region, endpoint and credentials come from --config when given (its [aws]
+    /// section and telemetry.endpoint), else from the standard AWS environment variables and
+    /// profile files.
+    PutRecord {
+        /// The Kinesis data stream.
+        #[arg(long)]
+        stream: String,
+        /// The partition key (1 to 256 characters); it picks the shard.
+        #[arg(long)]
+        partition_key: String,
+        /// The record's data, as text.
+        #[arg(long, group = "input")]
+        data: Option<String>,
+        /// Read the record's data from a file ("-" reads standard input).
+        #[arg(long, group = "input")]
+        file: Option<PathBuf>,
+        /// A kinesis-edge configuration to take region, endpoint and credentials from.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Give up after this many seconds.
+        #[arg(long, value_parser = parse_seconds, default_value = "30")]
+        timeout: std::time::Duration,
+    },
+    /// Serve Kinesis Video Streams and Kinesis Data Streams on a loopback address, for trying
+    /// and testing without an AWS account (stores each video stream as a playable MKV file).
+    #[cfg(feature = "local-endpoint")]
+    LocalEndpoint(kinesis_edge::local::kvs::LocalEndpointArgs),
 }
 
 fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
@@ -139,6 +171,66 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config } => Ok(check_config(&config)),
+        Command::PutRecord {
+            stream,
+            partition_key,
+            data,
+            file,
+            config,
+            timeout,
+        } => {
+            let config = match config.as_deref().map(kinesis_edge::config::load) {
+                None => None,
+                Some(Ok(config)) => Some(config),
+                Some(Err(errors)) => {
+                    eprintln!("{errors}");
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+            };
+            let data = match (data, file) {
+                (Some(text), None) => text.into_bytes(),
+                (None, Some(path)) if path.as_os_str() == "-" => {
+                    let mut bytes = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes)
+                        .context("reading the record from standard input")?;
+                    bytes
+                }
+                (None, Some(path)) => std::fs::read(&path)
+                    .with_context(|| format!("reading the record from {}", path.display()))?,
+                _ => anyhow::bail!(
+                    "give the record's data with --data TEXT or --file PATH (- for standard input)"
+                ),
+            };
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let outcome = runtime.block_on(kinesis_edge::service::put_record::put_record(
+                config.as_ref(),
+                kinesis_edge::service::put_record::PutRecordRequest {
+                    stream,
+                    partition_key,
+                    data: data.into(),
+                    timeout,
+                },
+            ))?;
+            println!(
+                "stored in {} with sequence number {} ({} request{})",
+                outcome.shard_id,
+                outcome.sequence_number,
+                outcome.attempts,
+                if outcome.attempts == 1 { "" } else { "s" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "local-endpoint")]
+        Command::LocalEndpoint(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(kinesis_edge::local::kvs::run_cli(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Devices => {
             let devices = kinesis_edge::capture::list_devices()?;
             if devices.is_empty() {

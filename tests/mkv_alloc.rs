@@ -1,5 +1,6 @@
 //! The muxer's steady-state per-frame path allocates nothing: counted by a global allocator
-//! wrapper over many fragments of A/V frames, Annex-B and length-prefixed, with tags.
+//! wrapper over many fragments of A/V frames, Annex-B and length-prefixed, with tags, and
+//! with a stopped audio track whose fragments get generated silent frames.
 
 use bytes::Bytes;
 use kinesis_edge::media::{Codec, Frame, NalFormat};
@@ -94,6 +95,9 @@ fn access_unit(format: NalFormat, key: bool, seed: u64) -> Bytes {
 struct CountingSink {
     bytes: u64,
     fragments: u64,
+    /// Kept as an uploader keeps payloads: by reference (a clone of the `Bytes`).
+    last_payload: Option<Bytes>,
+    fragments_with_both_tracks: u64,
 }
 
 impl MuxSink for CountingSink {
@@ -111,9 +115,13 @@ impl MuxSink for CountingSink {
     }
     fn write_payload(&mut self, payload: &Bytes) -> io::Result<()> {
         self.bytes += payload.len() as u64;
+        self.last_payload = Some(payload.clone());
         Ok(())
     }
-    fn fragment_end(&mut self, _: &FragmentEnd) -> io::Result<()> {
+    fn fragment_end(&mut self, end: &FragmentEnd) -> io::Result<()> {
+        if end.tracks_present == 0b11 {
+            self.fragments_with_both_tracks += 1;
+        }
         Ok(())
     }
     fn stream_end(&mut self, trailer: &[u8]) -> io::Result<()> {
@@ -126,8 +134,9 @@ const MS: u64 = 1_000_000;
 const T0: u64 = 1_700_000_000_000 * MS;
 
 /// Video at 30 fps (a key frame every 60) and AAC at 46.875 fps, merged in PTS order with
-/// video 100 ms late relative to audio, as two capture threads would deliver them.
-fn frames(format: NalFormat, video_frames: u64) -> Vec<Frame> {
+/// video 100 ms late relative to audio, as two capture threads would deliver them. Audio ends
+/// after `audio_stops_after` video frames.
+fn frames(format: NalFormat, video_frames: u64, audio_stops_after: u64) -> Vec<Frame> {
     let key = access_unit(format, true, 7);
     let deltas: Vec<Bytes> = (0..4).map(|s| access_unit(format, false, s + 11)).collect();
     let aac = Bytes::from(vec![0x21u8; 341]);
@@ -151,7 +160,7 @@ fn frames(format: NalFormat, video_frames: u64) -> Vec<Frame> {
         });
         loop {
             let apts = T0 + audio_index * 1024 * 1_000_000_000 / 48_000;
-            if apts > pts + 100 * MS {
+            if apts > pts + 100 * MS || i >= audio_stops_after {
                 break;
             }
             out.push(Frame {
@@ -168,7 +177,9 @@ fn frames(format: NalFormat, video_frames: u64) -> Vec<Frame> {
     out
 }
 
-fn steady_state_allocations(format: NalFormat) -> (u64, u64, u64) {
+/// Allocations, frames and fragments (all of them with both tracks) while muxing the last
+/// 10/11 of 3300 video frames.
+fn steady_state_allocations(format: NalFormat, audio_stops_after: u64) -> (u64, u64, u64) {
     let tags = FragmentTags::new();
     tags.set_persistent("site", "warehouse-7").unwrap();
     tags.set_persistent("camera", "front-door").unwrap();
@@ -181,7 +192,7 @@ fn steady_state_allocations(format: NalFormat) -> (u64, u64, u64) {
     )
     .unwrap();
     let mut sink = CountingSink::default();
-    let mut all = frames(format, 3300);
+    let mut all = frames(format, 3300, audio_stops_after);
     let measured = all.split_off(all.len() / 11);
     // Warm-up: stream header, first fragments, buffers reaching their working size.
     for frame in all {
@@ -194,12 +205,17 @@ fn steady_state_allocations(format: NalFormat) -> (u64, u64, u64) {
         muxer.push(frame, &mut sink).unwrap();
     }
     let allocated = allocations() - before;
+    assert_eq!(
+        sink.fragments_with_both_tracks,
+        sink.fragments - 1,
+        "the last is open"
+    );
     (allocated, count, sink.fragments - fragments_before)
 }
 
 #[test]
 fn annexb_per_frame_path_allocates_nothing() {
-    let (allocated, frames, fragments) = steady_state_allocations(NalFormat::AnnexB);
+    let (allocated, frames, fragments) = steady_state_allocations(NalFormat::AnnexB, u64::MAX);
     assert!(frames > 7_000);
     assert_eq!(fragments, 50, "fragment opens are part of the steady state");
     assert_eq!(allocated, 0, "{allocated} allocations over {frames} frames");
@@ -207,9 +223,20 @@ fn annexb_per_frame_path_allocates_nothing() {
 
 #[test]
 fn length_prefixed_per_frame_path_allocates_nothing() {
-    let (allocated, frames, fragments) = steady_state_allocations(NalFormat::LengthPrefixed);
+    let (allocated, frames, fragments) =
+        steady_state_allocations(NalFormat::LengthPrefixed, u64::MAX);
     assert!(frames > 7_000);
     assert_eq!(fragments, 50);
+    assert_eq!(allocated, 0, "{allocated} allocations over {frames} frames");
+}
+
+#[test]
+fn silent_frames_for_a_stopped_audio_track_allocate_nothing() {
+    // Warm-up covers the first ~5 s; audio stops at 20 s, and the 45 fragments after it
+    // are each filled with a silent frame (the helper checks every fragment has both tracks).
+    let (allocated, frames, fragments) = steady_state_allocations(NalFormat::AnnexB, 600);
+    assert!(frames > 3_000);
+    assert_eq!(fragments, 52);
     assert_eq!(allocated, 0, "{allocated} allocations over {frames} frames");
 }
 

@@ -1,6 +1,7 @@
 //! Muxes real x264 video (with B-frames) and avenc_aac audio, produced by GStreamer here, into a
 //! file and checks it with tools this project did not write: ffprobe, ffmpeg, mkvinfo and
-//! GStreamer's matroskademux. A missing tool skips its check with a message.
+//! GStreamer's matroskademux. A missing tool skips its check with a message. Also: an audio
+//! gap filled with generated silent frames decodes cleanly and to zeros.
 
 use bytes::Bytes;
 use gstreamer as gst;
@@ -8,7 +9,7 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use kinesis_edge::media::{Codec, Frame, NalFormat};
 use kinesis_edge::mkv::{
-    Event, FragmentEnd, FragmentMuxer, FragmentStart, FragmentTags, MuxSink, MuxerConfig,
+    Event, FragmentEnd, FragmentMuxer, FragmentStart, FragmentTags, MuxSink, MuxStats, MuxerConfig,
     TimecodeMode, TrackSpec,
 };
 use std::fs::File;
@@ -88,11 +89,16 @@ fn encode(pipeline: &str, track: usize) -> Option<Encoded> {
 }
 
 fn video(stream_format: &str) -> Option<Encoded> {
+    video_frames(stream_format, VIDEO_FRAMES, 15)
+}
+
+/// `frames` of 30 fps x264 video with B-frames, a key frame at least every `key_int` frames.
+fn video_frames(stream_format: &str, frames: usize, key_int: usize) -> Option<Encoded> {
     encode(
         &format!(
-            "videotestsrc num-buffers={VIDEO_FRAMES} ! \
+            "videotestsrc num-buffers={frames} ! \
              video/x-raw,format=I420,width=320,height=240,framerate=30/1 ! \
-             x264enc key-int-max=15 bframes=2 ! \
+             x264enc key-int-max={key_int} bframes=2 ! \
              video/x-h264,stream-format={stream_format},alignment=au ! appsink name=out"
         ),
         0,
@@ -100,10 +106,15 @@ fn video(stream_format: &str) -> Option<Encoded> {
 }
 
 fn audio() -> Option<Encoded> {
+    audio_frames(48_000, 2, AUDIO_FRAMES)
+}
+
+/// `frames` AAC-LC frames of a 440 Hz tone from avenc_aac.
+fn audio_frames(rate: u32, channels: u32, frames: usize) -> Option<Encoded> {
     encode(
         &format!(
-            "audiotestsrc num-buffers={AUDIO_FRAMES} samplesperbuffer=1024 ! \
-             audio/x-raw,rate=48000,channels=2 ! audioconvert ! avenc_aac ! aacparse ! \
+            "audiotestsrc num-buffers={frames} samplesperbuffer=1024 ! \
+             audio/x-raw,rate={rate},channels={channels} ! audioconvert ! avenc_aac ! aacparse ! \
              audio/mpeg,stream-format=raw ! appsink name=out"
         ),
         1,
@@ -147,9 +158,20 @@ impl MuxSink for FileSink {
 /// Interleaves the two tracks' frames roughly as two capture threads would deliver them
 /// (video a little ahead), muxes them into `path`; returns the sink's record.
 fn mux(path: &Path, video: Encoded, video_format: NalFormat, audio: Encoded) -> FileSink {
+    let (sink, stats) = mux_with(path, video, video_format, audio, TrackSpec::aac(48_000, 2));
+    assert_eq!(stats.silence_frames_inserted, 0);
+    sink
+}
+
+fn mux_with(
+    path: &Path,
+    video: Encoded,
+    video_format: NalFormat,
+    audio: Encoded,
+    mut audio_spec: TrackSpec,
+) -> (FileSink, MuxStats) {
     let mut video_spec = TrackSpec::video(Codec::H264, video_format);
     video_spec.codec_private = video.codec_data;
-    let mut audio_spec = TrackSpec::aac(48_000, 2);
     audio_spec.codec_private = audio.codec_data;
     let config = MuxerConfig {
         fragment_duration: Duration::from_secs(1),
@@ -194,12 +216,17 @@ fn mux(path: &Path, video: Encoded, video_format: NalFormat, audio: Encoded) -> 
         stats.frames_out, stats.frames_in,
         "nothing dropped: {stats:?}"
     );
-    sink
+    (sink, stats)
 }
 
 fn tool(name: &str) -> bool {
     let found = Command::new(name).arg("--version").output().is_ok();
     if !found {
+        // scripts/test.sh and CI install every tool and require them.
+        assert!(
+            std::env::var_os("KINESIS_EDGE_REQUIRE_TOOLS").is_none(),
+            "required test tool missing: {name}"
+        );
         eprintln!("SKIP: {name} is not installed; its check is skipped");
     }
     found
@@ -400,4 +427,146 @@ fn length_prefixed_video_with_caps_codec_data_passes_the_tools() {
     let path = dir.path().join("avc.mkv");
     let sink = mux(&path, video, NalFormat::LengthPrefixed, audio);
     check_with_tools(&path, &sink);
+}
+
+// ---- Audio gap filled with silent frames -------------------------------------------------
+
+/// 8 s of video with a key frame every second (1 s fragments) and a tone with no audio from
+/// 2 s to 5 s: the fragments starting at 2, 3 and 4 s get one silent frame each.
+fn silence_fills_an_audio_gap(rate: u32, channels: u32) {
+    const SECONDS: usize = 8;
+    let audio_count = SECONDS * rate as usize / 1024;
+    let (Some(video), Some(mut audio)) = (
+        video_frames("byte-stream", SECONDS * 30, 30),
+        audio_frames(rate, channels, audio_count),
+    ) else {
+        eprintln!("SKIP: GStreamer x264enc/avenc_aac not available");
+        return;
+    };
+    let gap = T0 + 2_000_000_000..T0 + 5_000_000_000;
+    audio.frames.retain(|f| !gap.contains(&f.pts_ns));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("gap-{rate}-{channels}.mkv"));
+    let spec = TrackSpec::aac(rate, channels as u8);
+    let (sink, stats) = mux_with(&path, video, NalFormat::AnnexB, audio, spec);
+    assert_eq!(sink.starts.len(), SECONDS, "1 s fragments");
+    for end in &sink.ends {
+        assert_eq!(end.tracks_present, 0b11, "{end:?}");
+    }
+    assert_eq!(stats.silence_frames_inserted, 3, "{stats:?}");
+    keep_for_inspection(&path);
+    let file = path.to_str().unwrap();
+
+    if tool("ffmpeg") {
+        let (ok, out, err) =
+            run(Command::new("ffmpeg")
+                .args(["-nostdin", "-v", "error", "-i", file, "-f", "null", "-"]));
+        assert!(
+            ok && out.is_empty() && err.is_empty(),
+            "ffmpeg reports: {out}{err}"
+        );
+    }
+    if tool("ffprobe") && tool("ffmpeg") {
+        check_silent_samples(file, channels as usize);
+    }
+    if tool("mkvinfo") {
+        let (ok, out, err) = run(Command::new("mkvinfo").args(["-v", file]));
+        assert!(ok && !out.contains("rror"), "mkvinfo: {out}{err}");
+        let clusters: Vec<&str> = out.split("|+ Cluster").skip(1).collect();
+        assert_eq!(clusters.len(), SECONDS, "{out}");
+        for (n, cluster) in clusters.iter().enumerate() {
+            assert!(
+                cluster
+                    .lines()
+                    .any(|l| l.contains("Simple block") && l.contains("track number 2")),
+                "cluster {n} has an audio block: {cluster}"
+            );
+        }
+    }
+}
+
+/// The audio packets' sizes in file order (ffprobe) locate the silent frames; the decoded
+/// samples (ffmpeg, 1024 per packet) are zero for every silent frame that follows another
+/// (the first one after real audio carries that audio's overlap-add tail), and not zero for
+/// the tone.
+fn check_silent_samples(file: &str, channels: usize) {
+    let (ok, out, err) = run(Command::new("ffprobe").args([
+        "-v",
+        "error",
+        "-select_streams",
+        "a",
+        "-show_entries",
+        "packet=size",
+        "-of",
+        "csv=p=0",
+        file,
+    ]));
+    assert!(ok && err.is_empty(), "ffprobe: {err}");
+    let silent_len = if channels == 1 { 4 } else { 7 };
+    let silent: Vec<bool> = out
+        .lines()
+        .map(|l| l.trim().parse::<usize>().unwrap() == silent_len)
+        .collect();
+    assert_eq!(silent.iter().filter(|&&s| s).count(), 3, "{out}");
+
+    let decoded = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-i", file, "-map", "0:a"])
+        .args(["-f", "s16le", "-acodec", "pcm_s16le", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        decoded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&decoded.stderr)
+    );
+    let samples: Vec<i16> = decoded
+        .stdout
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let per_packet = 1024 * channels;
+    assert_eq!(
+        samples.len(),
+        silent.len() * per_packet,
+        "1024 samples per packet"
+    );
+    let peak = |k: usize| {
+        samples[k * per_packet..(k + 1) * per_packet]
+            .iter()
+            .map(|s| s.unsigned_abs())
+            .max()
+            .unwrap()
+    };
+    let mut zero_frames = 0;
+    for k in 1..silent.len() {
+        if silent[k] && silent[k - 1] {
+            assert_eq!(peak(k), 0, "silent packet {k} decodes to zeros");
+            zero_frames += 1;
+        } else if !silent[k] && !silent[k - 1] && k > 2 {
+            assert!(
+                peak(k) > 1000,
+                "the tone is audible in packet {k}: {}",
+                peak(k)
+            );
+        }
+    }
+    assert_eq!(zero_frames, 2);
+}
+
+fn keep_for_inspection(path: &Path) {
+    if let Some(dir) = std::env::var_os("MKV_TOOLS_KEEP_DIR") {
+        let kept = Path::new(&dir).join(path.file_name().unwrap());
+        std::fs::copy(path, &kept).unwrap();
+        eprintln!("kept {}", kept.display());
+    }
+}
+
+#[test]
+fn mono_48k_gap_filled_with_silence_decodes_cleanly_to_zeros() {
+    silence_fills_an_audio_gap(48_000, 1);
+}
+
+#[test]
+fn stereo_44k1_gap_filled_with_silence_decodes_cleanly_to_zeros() {
+    silence_fills_an_audio_gap(44_100, 2);
 }

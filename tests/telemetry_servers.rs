@@ -55,7 +55,11 @@ fn records_to_send() -> Vec<UserRecord> {
         back.bytes_captured.fetch_add(1_000_000, Ordering::Relaxed);
         records.extend(
             collector
-                .collect(start + Duration::from_secs(10 * round), 1_700_000_000_000 + round * 10_000, Some(true))
+                .collect(
+                    start + Duration::from_secs(10 * round),
+                    1_700_000_000_000 + round * 10_000,
+                    Some(true),
+                )
                 .unwrap_or_else(|e| panic!("collect: {e}")),
         );
     }
@@ -70,11 +74,15 @@ fn records_to_send() -> Vec<UserRecord> {
         let mut data = format!("{{\"i\":{i},\"pad\":\"").into_bytes();
         data.resize(size, b'x');
         data.extend_from_slice(b"\"}");
-        records.push(UserRecord::new(key, None, Bytes::from(data), 1 << 20).unwrap_or_else(|e| panic!("record: {e}")));
+        records.push(
+            UserRecord::new(key, None, Bytes::from(data), 1 << 20)
+                .unwrap_or_else(|e| panic!("record: {e}")),
+        );
     }
     // One large record goes out alone.
     records.push(
-        UserRecord::new("big", None, Bytes::from(vec![b'b'; 300_000]), 1 << 20).unwrap_or_else(|e| panic!("record: {e}")),
+        UserRecord::new("big", None, Bytes::from(vec![b'b'; 300_000]), 1 << 20)
+            .unwrap_or_else(|e| panic!("record: {e}")),
     );
     records
 }
@@ -84,13 +92,17 @@ async fn round_trip(server: &support::ExternalServer) {
     let client = support::client(&endpoint, STREAM);
     create_active_stream(&client, 2).await;
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let spool = Spool::open(SpoolConfig::new(dir.path().join("spool"), 64 << 20)).unwrap_or_else(|e| panic!("spool: {e}"));
+    let spool = Spool::open(SpoolConfig::new(dir.path().join("spool"), 64 << 20))
+        .unwrap_or_else(|e| panic!("spool: {e}"));
     let shared = SharedSpool::new(spool);
     let records = records_to_send();
     for record in &records {
-        shared.enqueue(record).unwrap_or_else(|e| panic!("enqueue: {e}"));
+        shared
+            .enqueue(record)
+            .unwrap_or_else(|e| panic!("enqueue: {e}"));
     }
-    let dead = DeadLetterFile::open(dir.path().join("dead.jsonl"), 1 << 20).unwrap_or_else(|e| panic!("dead letters: {e}"));
+    let dead = DeadLetterFile::open(dir.path().join("dead.jsonl"), 1 << 20)
+        .unwrap_or_else(|e| panic!("dead letters: {e}"));
     let task = ProducerTask::new(
         client.clone(),
         shared.clone(),
@@ -103,20 +115,35 @@ async fn round_trip(server: &support::ExternalServer) {
     let started = Instant::now();
     let stats = task
         .run(async move {
-            while watcher.stats().pending_records > 0 && started.elapsed() < Duration::from_secs(30) {
+            while watcher.stats().pending_records > 0 && started.elapsed() < Duration::from_secs(30)
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
         .await
         .unwrap_or_else(|e| panic!("producer: {e}"));
-    assert_eq!(shared.stats().pending_records, 0, "spool drained ({stats:?})");
+    assert_eq!(
+        shared.stats().pending_records,
+        0,
+        "spool drained ({stats:?})"
+    );
 
     // PutRecord path used by `put-record`.
-    let single = UserRecord::new("cli-key", None, Bytes::from_static(b"from the command line"), 1 << 20)
-        .unwrap_or_else(|e| panic!("record: {e}"));
-    let outcome = put_record_once(&client, single.clone(), ProducerConfig::default(), Duration::from_secs(10))
-        .await
-        .unwrap_or_else(|e| panic!("put_record_once: {e}"));
+    let single = UserRecord::new(
+        "cli-key",
+        None,
+        Bytes::from_static(b"from the command line"),
+        1 << 20,
+    )
+    .unwrap_or_else(|e| panic!("record: {e}"));
+    let outcome = put_record_once(
+        &client,
+        single.clone(),
+        ProducerConfig::default(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("put_record_once: {e}"));
     assert!(!outcome.sequence_number.is_empty());
 
     let (shards, read) = tokio::task::spawn_blocking({
@@ -125,12 +152,19 @@ async fn round_trip(server: &support::ExternalServer) {
     })
     .await
     .unwrap_or_else(|e| panic!("readback task: {e}"));
-    let ranges: HashMap<&str, (u128, u128)> = shards.iter().map(|s| (s.id.as_str(), (s.start, s.end))).collect();
+    let ranges: HashMap<&str, (u128, u128)> = shards
+        .iter()
+        .map(|s| (s.id.as_str(), (s.start, s.end)))
+        .collect();
     let mut seen: HashMap<(String, Vec<u8>), usize> = HashMap::new();
     let mut aggregated_subs = 0;
     for record in &read {
         let hash = match &record.sub.explicit_hash_key {
-            Some(text) => HashKey::parse_decimal(text).unwrap_or_else(|e| panic!("{e}")).0,
+            Some(text) => {
+                HashKey::parse_decimal(text)
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .0
+            }
             None => HashKey::from_partition_key(&record.sub.partition_key).0,
         };
         let (start, end) = ranges
@@ -147,11 +181,18 @@ async fn round_trip(server: &support::ExternalServer) {
         if record.aggregated {
             aggregated_subs += 1;
         }
-        *seen.entry((record.sub.partition_key.clone(), record.sub.data.clone())).or_default() += 1;
+        *seen
+            .entry((record.sub.partition_key.clone(), record.sub.data.clone()))
+            .or_default() += 1;
     }
     for record in records.iter().chain(std::iter::once(&single)) {
         let key = (record.partition_key().to_owned(), record.data().to_vec());
-        assert!(seen.contains_key(&key), "{}: record {:?} missing", server.name, record.partition_key());
+        assert!(
+            seen.contains_key(&key),
+            "{}: record {:?} missing",
+            server.name,
+            record.partition_key()
+        );
     }
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
     println!(
@@ -173,23 +214,31 @@ async fn round_trip(server: &support::ExternalServer) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moto_stores_every_record_in_its_shard() {
     if let Err(reason) = support::ensure_aggregation_tools() {
-        println!("SKIPPED: aws-kinesis-agg/boto3 cannot be installed: {reason}");
+        support::skip(&format!(
+            "aws-kinesis-agg/boto3 cannot be installed: {reason}"
+        ));
         return;
     }
     match support::start_moto() {
         Ok(server) => round_trip(&server).await,
-        Err(reason) => println!("SKIPPED: moto_server cannot be installed or started: {reason}"),
+        Err(reason) => support::skip(&format!(
+            "moto_server cannot be installed or started: {reason}"
+        )),
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kinesalite_stores_every_record_in_its_shard() {
     if let Err(reason) = support::ensure_aggregation_tools() {
-        println!("SKIPPED: aws-kinesis-agg/boto3 cannot be installed: {reason}");
+        support::skip(&format!(
+            "aws-kinesis-agg/boto3 cannot be installed: {reason}"
+        ));
         return;
     }
     match support::start_kinesalite() {
         Ok(server) => round_trip(&server).await,
-        Err(reason) => println!("SKIPPED: kinesalite cannot be installed or started: {reason}"),
+        Err(reason) => support::skip(&format!(
+            "kinesalite cannot be installed or started: {reason}"
+        )),
     }
 }

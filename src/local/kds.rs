@@ -84,6 +84,9 @@ pub struct FaultPlan {
     pub reshard_after_requests: Option<u64>,
     /// ListShards page size (to exercise pagination).
     pub list_shards_page_size: Option<usize>,
+    /// A request holding a record (or an aggregated sub-record) with this partition key is
+    /// rejected whole with ValidationException: a poison record.
+    pub poison_partition_key: Option<String>,
 }
 
 /// One stored record.
@@ -150,8 +153,11 @@ pub struct FakeStats {
     pub reshards: u64,
     /// Requests without an Authorization header.
     pub unsigned_requests: u64,
-    /// Requests rejected for a broken limit.
+    /// Requests rejected for a broken limit or a poison record.
     pub validation_errors: u64,
+    /// Indices of requests whose records were stored but whose answer was an error or came
+    /// too late: the client cannot know the outcome.
+    pub ambiguous_requests: Vec<u64>,
 }
 
 #[derive(Default)]
@@ -185,17 +191,22 @@ fn error(status: u16, code: &str, message: &str) -> (u16, Value) {
 fn even_ranges(count: u128) -> Vec<(u128, u128)> {
     let count = count.max(1);
     // floor(2^128 / count) without overflowing: (MAX + 1) / count.
-    let step = (u128::MAX / count)
-        .checked_add(u128::from(u128::MAX % count + 1 == count))
-        .unwrap_or(u128::MAX);
+    let step = (u128::MAX / count).saturating_add(u128::from(u128::MAX % count + 1 == count));
     (0..count)
         .map(|i| {
             let start = i.saturating_mul(step);
-            let end = if i + 1 == count { u128::MAX } else { (i + 1) * step - 1 };
+            let end = if i + 1 == count {
+                u128::MAX
+            } else {
+                (i + 1) * step - 1
+            };
             (start, end)
         })
         .collect()
 }
+
+/// A record of a put request: key, explicit hash key as sent, effective hash key, data.
+type ParsedRecord = (String, Option<String>, u128, Bytes);
 
 fn shard_id(index: usize) -> String {
     format!("shardId-{index:012}")
@@ -256,7 +267,12 @@ impl KdsHandler {
         state.reshard(stream);
     }
 
-    fn dispatch(&self, operation: &str, body: &Value, authorized: bool) -> (u16, Value, Option<Duration>) {
+    fn dispatch(
+        &self,
+        operation: &str,
+        body: &Value,
+        authorized: bool,
+    ) -> (u16, Value, Option<Duration>) {
         let mut state = self.lock();
         if !authorized {
             state.stats.unsigned_requests += 1;
@@ -291,7 +307,11 @@ impl KdsHandler {
                 (s, b, None)
             }
             other => {
-                let (s, b) = error(400, "UnknownOperationException", &format!("{other} is not served locally"));
+                let (s, b) = error(
+                    400,
+                    "UnknownOperationException",
+                    &format!("{other} is not served locally"),
+                );
                 (s, b, None)
             }
         };
@@ -362,9 +382,19 @@ impl State {
     }
 
     fn stream(&self, body: &Value) -> Result<&Stream, (u16, Value)> {
-        let name = stream_name(body).ok_or_else(|| error(400, "ValidationException", "StreamName or StreamARN is required"))?;
+        let name = stream_name(body).ok_or_else(|| {
+            error(
+                400,
+                "ValidationException",
+                "StreamName or StreamARN is required",
+            )
+        })?;
         self.streams.get(&name).ok_or_else(|| {
-            error(400, "ResourceNotFoundException", &format!("Stream {name} under account 000000000000 not found."))
+            error(
+                400,
+                "ResourceNotFoundException",
+                &format!("Stream {name} under account 000000000000 not found."),
+            )
         })
     }
 
@@ -372,15 +402,25 @@ impl State {
         let Some(name) = body.get("StreamName").and_then(Value::as_str) else {
             return error(400, "ValidationException", "StreamName is required");
         };
-        let shards = body.get("ShardCount").and_then(Value::as_u64).unwrap_or(1).clamp(1, 1024) as u32;
+        let shards = body
+            .get("ShardCount")
+            .and_then(Value::as_u64)
+            .unwrap_or(1)
+            .clamp(1, 1024) as u32;
         let max = body
             .get("MaxRecordSizeInKiB")
             .and_then(Value::as_u64)
-            .map_or(DEFAULT_MAX_RECORD_BYTES, |kib| (kib as usize).saturating_mul(1024));
+            .map_or(DEFAULT_MAX_RECORD_BYTES, |kib| {
+                (kib as usize).saturating_mul(1024)
+            });
         if self.create(name, shards, max) {
             (200, json!({}))
         } else {
-            error(400, "ResourceInUseException", &format!("Stream {name} under account 000000000000 already exists."))
+            error(
+                400,
+                "ResourceInUseException",
+                &format!("Stream {name} under account 000000000000 already exists."),
+            )
         }
     }
 
@@ -412,13 +452,18 @@ impl State {
         let (name, offset) = match body.get("NextToken").and_then(Value::as_str) {
             Some(token) => {
                 if stream_name(body).is_some() {
-                    return error(400, "InvalidArgumentException", "NextToken and StreamName cannot be provided together.");
+                    return error(
+                        400,
+                        "InvalidArgumentException",
+                        "NextToken and StreamName cannot be provided together.",
+                    );
                 }
                 let decoded = base64::engine::general_purpose::STANDARD
                     .decode(token)
                     .ok()
                     .and_then(|b| String::from_utf8(b).ok());
-                let Some((name, offset)) = decoded.as_deref().and_then(|t| t.rsplit_once('|')) else {
+                let Some((name, offset)) = decoded.as_deref().and_then(|t| t.rsplit_once('|'))
+                else {
                     return error(400, "InvalidArgumentException", "NextToken is not valid");
                 };
                 let Ok(offset) = offset.parse::<usize>() else {
@@ -428,14 +473,33 @@ impl State {
             }
             None => match stream_name(body) {
                 Some(name) => (name, 0),
-                None => return error(400, "ValidationException", "StreamName or NextToken is required"),
+                None => {
+                    return error(
+                        400,
+                        "ValidationException",
+                        "StreamName or NextToken is required",
+                    );
+                }
             },
         };
         let Some(stream) = self.streams.get(&name) else {
-            return error(400, "ResourceNotFoundException", &format!("Stream {name} not found."));
+            return error(
+                400,
+                "ResourceNotFoundException",
+                &format!("Stream {name} not found."),
+            );
         };
-        let max = body.get("MaxResults").and_then(Value::as_u64).unwrap_or(1000).clamp(1, 10_000) as usize;
-        let page = self.faults.list_shards_page_size.unwrap_or(max).min(max).max(1);
+        let max = body
+            .get("MaxResults")
+            .and_then(Value::as_u64)
+            .unwrap_or(1000)
+            .clamp(1, 10_000) as usize;
+        let page = self
+            .faults
+            .list_shards_page_size
+            .unwrap_or(max)
+            .min(max)
+            .max(1);
         let shards: Vec<Value> = stream
             .shards
             .iter()
@@ -459,14 +523,20 @@ impl State {
             .collect();
         let mut answer = json!({"Shards": shards});
         if offset + page < stream.shards.len() {
-            let token = base64::engine::general_purpose::STANDARD.encode(format!("{name}|{}", offset + page));
+            let token = base64::engine::general_purpose::STANDARD
+                .encode(format!("{name}|{}", offset + page));
             answer["NextToken"] = json!(token);
         }
         (200, answer)
     }
 
     /// Validates and parses records: (key, explicit hash key text, hash key, data).
-    fn parse_records(&mut self, body: &Value, batch: bool, max_record_bytes: usize) -> Result<Vec<(String, Option<String>, u128, Bytes)>, (u16, Value)> {
+    fn parse_records(
+        &mut self,
+        body: &Value,
+        batch: bool,
+        max_record_bytes: usize,
+    ) -> Result<Vec<ParsedRecord>, (u16, Value)> {
         let items: Vec<&Value> = if batch {
             let Some(records) = body.get("Records").and_then(Value::as_array) else {
                 return Err(error(400, "ValidationException", "Records is required"));
@@ -480,17 +550,27 @@ impl State {
             return Err(error(
                 400,
                 "ValidationException",
-                &format!("1 validation error detected: Value at 'records' failed to satisfy constraint: Member must have length between 1 and 500 (got {})", items.len()),
+                &format!(
+                    "1 validation error detected: Value at 'records' failed to satisfy constraint: Member must have length between 1 and 500 (got {})",
+                    items.len()
+                ),
             ));
         }
         let mut total = 0;
         let mut out = Vec::with_capacity(items.len());
         for (index, item) in items.into_iter().enumerate() {
-            let key = item.get("PartitionKey").and_then(Value::as_str).unwrap_or_default();
+            let key = item
+                .get("PartitionKey")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             let chars = key.chars().count();
             if !(1..=256).contains(&chars) {
                 self.stats.validation_errors += 1;
-                return Err(error(400, "ValidationException", &format!("record {index}: partition key has {chars} characters, not 1..256")));
+                return Err(error(
+                    400,
+                    "ValidationException",
+                    &format!("record {index}: partition key has {chars} characters, not 1..256"),
+                ));
             }
             let data = item
                 .get("Data")
@@ -498,24 +578,38 @@ impl State {
                 .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok());
             let Some(data) = data else {
                 self.stats.validation_errors += 1;
-                return Err(error(400, "SerializationException", &format!("record {index}: Data is missing or not base64")));
+                return Err(error(
+                    400,
+                    "SerializationException",
+                    &format!("record {index}: Data is missing or not base64"),
+                ));
             };
             if data.len() + key.len() > max_record_bytes {
                 self.stats.validation_errors += 1;
                 return Err(error(
                     400,
                     "ValidationException",
-                    &format!("record {index}: data + partition key is {} bytes, more than {max_record_bytes}", data.len() + key.len()),
+                    &format!(
+                        "record {index}: data + partition key is {} bytes, more than {max_record_bytes}",
+                        data.len() + key.len()
+                    ),
                 ));
             }
             total += data.len() + key.len();
-            let explicit = item.get("ExplicitHashKey").and_then(Value::as_str).map(str::to_owned);
+            let explicit = item
+                .get("ExplicitHashKey")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
             let hash = match &explicit {
                 Some(text) => match HashKey::parse_decimal(text) {
                     Ok(h) => h.0,
                     Err(e) => {
                         self.stats.validation_errors += 1;
-                        return Err(error(400, "InvalidArgumentException", &format!("record {index}: {e}")));
+                        return Err(error(
+                            400,
+                            "InvalidArgumentException",
+                            &format!("record {index}: {e}"),
+                        ));
                     }
                 },
                 None => HashKey::from_partition_key(key).0,
@@ -524,7 +618,11 @@ impl State {
         }
         if total > MAX_REQUEST_BYTES {
             self.stats.validation_errors += 1;
-            return Err(error(400, "InvalidArgumentException", &format!("Records size exceeds 5 MB limit ({total} bytes)")));
+            return Err(error(
+                400,
+                "InvalidArgumentException",
+                &format!("Records size exceeds 5 MB limit ({total} bytes)"),
+            ));
         }
         Ok(out)
     }
@@ -540,6 +638,22 @@ impl State {
             Ok(r) => r,
             Err((status, body)) => return (status, body, None),
         };
+        if let Some(poison) = self.faults.poison_partition_key.clone() {
+            let poisoned = records.iter().any(|(key, _, _, data)| {
+                *key == poison
+                    || crate::telemetry::aggregate::decode_aggregate(data)
+                        .is_ok_and(|subs| subs.iter().any(|s| s.partition_key == poison))
+            });
+            if poisoned {
+                self.stats.validation_errors += 1;
+                let (status, body) = error(
+                    400,
+                    "ValidationException",
+                    &format!("record with partition key {poison} is not acceptable"),
+                );
+                return (status, body, None);
+            }
+        }
         let scripted = self.faults.scripted.pop_front();
         if let Some(fault) = scripted.as_ref().filter(|f| !f.after_store) {
             self.stats.scripted_errors += 1;
@@ -555,7 +669,11 @@ impl State {
         };
         if stall.is_some() && !self.faults.stall_after_store {
             // Stalled before storing: the client times out and nothing was written.
-            return (500, error(500, "InternalFailure", "stalled before storing").1, stall);
+            return (
+                500,
+                error(500, "InternalFailure", "stalled before storing").1,
+                stall,
+            );
         }
         let mut results = Vec::with_capacity(records.len());
         let mut failed = 0;
@@ -564,7 +682,7 @@ impl State {
             let n = self.incoming_records;
             if let Some(every) = self.faults.throttle_every
                 && self.faults.throttle_budget > 0
-                && n % every.max(1) == 0
+                && n.is_multiple_of(every.max(1))
             {
                 self.faults.throttle_budget -= 1;
                 self.stats.records_throttled += 1;
@@ -577,7 +695,7 @@ impl State {
             }
             if let Some(every) = self.faults.internal_failure_every
                 && self.faults.internal_failure_budget > 0
-                && n % every.max(1) == 0
+                && n.is_multiple_of(every.max(1))
             {
                 self.faults.internal_failure_budget -= 1;
                 self.stats.records_internal_failure += 1;
@@ -590,7 +708,11 @@ impl State {
             let Some(stream) = self.streams.get_mut(&name) else {
                 break;
             };
-            let Some(shard) = stream.shards.iter_mut().find(|s| !s.closed && s.start <= hash && hash <= s.end) else {
+            let Some(shard) = stream
+                .shards
+                .iter_mut()
+                .find(|s| !s.closed && s.start <= hash && hash <= s.end)
+            else {
                 failed += 1;
                 results.push(json!({"ErrorCode": "InternalFailure", "ErrorMessage": "no open shard for the hash key"}));
                 continue;
@@ -614,8 +736,14 @@ impl State {
                 self.faults.reshard_after_requests = Some(after - 1);
             }
         }
+        if stall.is_some() {
+            self.stats.ambiguous_requests.push(request_index);
+        }
         if let Some(fault) = scripted {
             self.stats.scripted_errors += 1;
+            if !self.stats.ambiguous_requests.contains(&request_index) {
+                self.stats.ambiguous_requests.push(request_index);
+            }
             let (status, body) = error(fault.status, &fault.code, &fault.message);
             return (status, body, None);
         }
@@ -624,9 +752,15 @@ impl State {
         } else {
             match results.into_iter().next() {
                 Some(result) if result.get("ErrorCode").is_some() => {
-                    let code = result["ErrorCode"].as_str().unwrap_or("InternalFailure").to_owned();
+                    let code = result["ErrorCode"]
+                        .as_str()
+                        .unwrap_or("InternalFailure")
+                        .to_owned();
                     let status = if code == "InternalFailure" { 500 } else { 400 };
-                    let message = result["ErrorMessage"].as_str().unwrap_or_default().to_owned();
+                    let message = result["ErrorMessage"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
                     return (status, error(status, &code, &message).1, stall);
                 }
                 Some(mut result) => {
@@ -644,31 +778,63 @@ impl State {
             Ok(s) => s,
             Err(e) => return e,
         };
-        let shard_id = body.get("ShardId").and_then(Value::as_str).unwrap_or_default();
+        let shard_id = body
+            .get("ShardId")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let Some(shard) = stream.shards.iter().find(|s| s.id == shard_id) else {
-            return error(400, "ResourceNotFoundException", &format!("Shard {shard_id} in stream {} not found.", stream.name));
+            return error(
+                400,
+                "ResourceNotFoundException",
+                &format!("Shard {shard_id} in stream {} not found.", stream.name),
+            );
         };
-        let kind = body.get("ShardIteratorType").and_then(Value::as_str).unwrap_or("TRIM_HORIZON");
-        let start_at = body.get("StartingSequenceNumber").and_then(Value::as_str).unwrap_or_default();
+        let kind = body
+            .get("ShardIteratorType")
+            .and_then(Value::as_str)
+            .unwrap_or("TRIM_HORIZON");
+        let start_at = body
+            .get("StartingSequenceNumber")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let position = match kind {
             "TRIM_HORIZON" => 0,
             "LATEST" => shard.records.len(),
             "AT_SEQUENCE_NUMBER" | "AFTER_SEQUENCE_NUMBER" => {
-                let found = shard.records.iter().position(|r| r.sequence_number == start_at);
+                let found = shard
+                    .records
+                    .iter()
+                    .position(|r| r.sequence_number == start_at);
                 match found {
                     Some(i) if kind == "AT_SEQUENCE_NUMBER" => i,
                     Some(i) => i + 1,
-                    None => return error(400, "InvalidArgumentException", &format!("sequence number {start_at} not in shard {shard_id}")),
+                    None => {
+                        return error(
+                            400,
+                            "InvalidArgumentException",
+                            &format!("sequence number {start_at} not in shard {shard_id}"),
+                        );
+                    }
                 }
             }
-            other => return error(400, "InvalidArgumentException", &format!("ShardIteratorType {other} is not supported locally")),
+            other => {
+                return error(
+                    400,
+                    "InvalidArgumentException",
+                    &format!("ShardIteratorType {other} is not supported locally"),
+                );
+            }
         };
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("{}|{}|{position}", stream.name, shard.id));
+        let token = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}|{}|{position}", stream.name, shard.id));
         (200, json!({"ShardIterator": token}))
     }
 
     fn op_get_records(&self, body: &Value) -> (u16, Value) {
-        let token = body.get("ShardIterator").and_then(Value::as_str).unwrap_or_default();
+        let token = body
+            .get("ShardIterator")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let decoded = base64::engine::general_purpose::STANDARD
             .decode(token)
             .ok()
@@ -681,11 +847,27 @@ impl State {
             Some((name, shard, position))
         });
         let Some((name, shard_id, position)) = parts else {
-            return error(400, "InvalidArgumentException", "ShardIterator is not valid");
+            return error(
+                400,
+                "InvalidArgumentException",
+                "ShardIterator is not valid",
+            );
         };
-        let limit = body.get("Limit").and_then(Value::as_u64).unwrap_or(10_000).clamp(1, 10_000) as usize;
-        let Some(shard) = self.streams.get(&name).and_then(|s| s.shards.iter().find(|s| s.id == shard_id)) else {
-            return error(400, "ResourceNotFoundException", &format!("Shard {shard_id} not found."));
+        let limit = body
+            .get("Limit")
+            .and_then(Value::as_u64)
+            .unwrap_or(10_000)
+            .clamp(1, 10_000) as usize;
+        let Some(shard) = self
+            .streams
+            .get(&name)
+            .and_then(|s| s.shards.iter().find(|s| s.id == shard_id))
+        else {
+            return error(
+                400,
+                "ResourceNotFoundException",
+                &format!("Shard {shard_id} not found."),
+            );
         };
         let records: Vec<Value> = shard
             .records
@@ -708,24 +890,159 @@ impl State {
         let next = position + records.len();
         let mut answer = json!({"Records": records, "MillisBehindLatest": 0});
         if !(shard.closed && next >= shard.records.len()) {
-            answer["NextShardIterator"] =
-                json!(base64::engine::general_purpose::STANDARD.encode(format!("{name}|{shard_id}|{next}")));
+            answer["NextShardIterator"] = json!(
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("{name}|{shard_id}|{next}"))
+            );
         }
         (200, answer)
     }
 }
 
+/// Path of the fault-injection control: `POST` a [`FaultControl`] JSON document.
+pub const FAULTS_PATH: &str = "/_local/kds/faults";
+/// Path of the counters: `GET` answers [`FakeStats`] as JSON.
+pub const STATS_PATH: &str = "/_local/kds/stats";
+
+/// A scripted error as the control takes it.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScriptedErrorControl {
+    /// HTTP status.
+    pub status: u16,
+    /// Error code.
+    pub code: String,
+    /// Message.
+    #[serde(default)]
+    pub message: String,
+    /// Store the records first.
+    #[serde(default)]
+    pub after_store: bool,
+}
+
+/// The fault plan as JSON, for the demo and for processes other than the test (every field
+/// optional; absent fields are off). `reshard_now` splits that stream's open shards at once.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultControl {
+    /// See [`FaultPlan::throttle_every`].
+    pub throttle_every: Option<u64>,
+    /// See [`FaultPlan::throttle_budget`].
+    #[serde(default)]
+    pub throttle_budget: u64,
+    /// See [`FaultPlan::internal_failure_every`].
+    pub internal_failure_every: Option<u64>,
+    /// See [`FaultPlan::internal_failure_budget`].
+    #[serde(default)]
+    pub internal_failure_budget: u64,
+    /// See [`FaultPlan::scripted`].
+    #[serde(default)]
+    pub scripted: Vec<ScriptedErrorControl>,
+    /// See [`FaultPlan::stall_requests`].
+    #[serde(default)]
+    pub stall_requests: u32,
+    /// See [`FaultPlan::stall_for`], in milliseconds.
+    #[serde(default)]
+    pub stall_for_ms: u64,
+    /// See [`FaultPlan::stall_after_store`].
+    #[serde(default)]
+    pub stall_after_store: bool,
+    /// See [`FaultPlan::reshard_after_requests`].
+    pub reshard_after_requests: Option<u64>,
+    /// See [`FaultPlan::list_shards_page_size`].
+    pub list_shards_page_size: Option<usize>,
+    /// See [`FaultPlan::poison_partition_key`].
+    pub poison_partition_key: Option<String>,
+    /// Split this stream's open shards now.
+    pub reshard_now: Option<String>,
+}
+
+impl From<FaultControl> for FaultPlan {
+    fn from(control: FaultControl) -> Self {
+        FaultPlan {
+            throttle_every: control.throttle_every,
+            throttle_budget: control.throttle_budget,
+            internal_failure_every: control.internal_failure_every,
+            internal_failure_budget: control.internal_failure_budget,
+            scripted: control
+                .scripted
+                .into_iter()
+                .map(|e| ScriptedError {
+                    status: e.status,
+                    code: e.code,
+                    message: e.message,
+                    after_store: e.after_store,
+                })
+                .collect(),
+            stall_requests: control.stall_requests,
+            stall_for: Duration::from_millis(control.stall_for_ms),
+            stall_after_store: control.stall_after_store,
+            reshard_after_requests: control.reshard_after_requests,
+            list_shards_page_size: control.list_shards_page_size,
+            poison_partition_key: control.poison_partition_key,
+        }
+    }
+}
+
+impl KdsHandler {
+    async fn control(
+        self: Arc<Self>,
+        request: http::Request<Incoming>,
+    ) -> http::Response<ResponseBody> {
+        if request.uri().path() == STATS_PATH {
+            let stats = self.stats();
+            return json_response(
+                200,
+                &json!({
+                    "put_requests": stats.put_requests,
+                    "records_stored": stats.records_stored,
+                    "records_throttled": stats.records_throttled,
+                    "records_internal_failure": stats.records_internal_failure,
+                    "scripted_errors": stats.scripted_errors,
+                    "stalls": stats.stalls,
+                    "reshards": stats.reshards,
+                    "unsigned_requests": stats.unsigned_requests,
+                    "validation_errors": stats.validation_errors,
+                    "ambiguous_requests": stats.ambiguous_requests,
+                }),
+            );
+        }
+        let body = match request.into_body().collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => {
+                return json_response(400, &json!({"message": format!("reading the body: {e}")}));
+            }
+        };
+        let control: FaultControl = match serde_json::from_slice(&body) {
+            Ok(control) => control,
+            Err(e) => return json_response(400, &json!({"message": format!("fault plan: {e}")})),
+        };
+        if let Some(stream) = control.reshard_now.clone() {
+            self.reshard(&stream);
+        }
+        self.set_faults(control.into());
+        json_response(200, &json!({"message": "fault plan replaced"}))
+    }
+}
+
 impl super::Handler for KdsHandler {
     fn accepts(&self, request: &http::Request<Incoming>) -> bool {
-        request
-            .headers()
-            .get("x-amz-target")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|t| t.starts_with(TARGET_PREFIX))
+        let path = request.uri().path();
+        let control = (path == FAULTS_PATH && request.method() == http::Method::POST)
+            || (path == STATS_PATH && request.method() == http::Method::GET);
+        control
+            || request
+                .headers()
+                .get("x-amz-target")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| t.starts_with(TARGET_PREFIX))
     }
 
     fn handle(self: Arc<Self>, request: http::Request<Incoming>) -> HandlerFuture {
         Box::pin(async move {
+            if request.headers().get("x-amz-target").is_none() {
+                return self.control(request).await;
+            }
             let operation = request
                 .headers()
                 .get("x-amz-target")
@@ -740,11 +1057,31 @@ impl super::Handler for KdsHandler {
                 .is_some_and(|v| v.starts_with("AWS4-HMAC-SHA256 Credential="));
             let body = match request.into_body().collect().await {
                 Ok(collected) => collected.to_bytes(),
-                Err(e) => return json_response(400, &error(400, "SerializationException", &format!("reading the body: {e}")).1),
+                Err(e) => {
+                    return json_response(
+                        400,
+                        &error(
+                            400,
+                            "SerializationException",
+                            &format!("reading the body: {e}"),
+                        )
+                        .1,
+                    );
+                }
             };
             let parsed: Value = match serde_json::from_slice(&body) {
                 Ok(v) => v,
-                Err(e) => return json_response(400, &error(400, "SerializationException", &format!("body is not JSON: {e}")).1),
+                Err(e) => {
+                    return json_response(
+                        400,
+                        &error(
+                            400,
+                            "SerializationException",
+                            &format!("body is not JSON: {e}"),
+                        )
+                        .1,
+                    );
+                }
             };
             let (status, answer, stall) = self.dispatch(&operation, &parsed, authorized);
             if let Some(stall) = stall {
@@ -774,7 +1111,10 @@ mod tests {
     fn shard_ranges_cover_the_key_space_like_aws() {
         assert_eq!(even_ranges(1), vec![(0, u128::MAX)]);
         let two = even_ranges(2);
-        assert_eq!(two, vec![(0, (1u128 << 127) - 1), (1u128 << 127, u128::MAX)]);
+        assert_eq!(
+            two,
+            vec![(0, (1u128 << 127) - 1), (1u128 << 127, u128::MAX)]
+        );
         let five = even_ranges(5);
         assert_eq!(five.first().map(|r| r.0), Some(0));
         assert_eq!(five.last().map(|r| r.1), Some(u128::MAX));

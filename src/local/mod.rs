@@ -42,13 +42,21 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// A whole-body response.
-pub fn full_response(status: u16, content_type: &str, body: impl Into<Bytes>) -> http::Response<ResponseBody> {
-    let body = Full::new(body.into()).map_err(|never: Infallible| match never {}).boxed();
+pub fn full_response(
+    status: u16,
+    content_type: &str,
+    body: impl Into<Bytes>,
+) -> http::Response<ResponseBody> {
+    let body = Full::new(body.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed();
     let mut response = http::Response::new(body);
     *response.status_mut() =
         http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     if let Ok(value) = http::HeaderValue::from_str(content_type) {
-        response.headers_mut().insert(http::header::CONTENT_TYPE, value);
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, value);
     }
     response
 }
@@ -87,7 +95,9 @@ impl ConnectionGate {
     /// The end of the current refusal, if one is on.
     pub fn refusing_until(&self) -> Option<Instant> {
         let refusal = *self.refusal.lock().unwrap_or_else(PoisonError::into_inner);
-        refusal.map(|(until, _)| until).filter(|until| *until > Instant::now())
+        refusal
+            .map(|(until, _)| until)
+            .filter(|until| *until > Instant::now())
     }
 
     /// Takes the "cut open connections" request of the current refusal.
@@ -109,7 +119,10 @@ pub struct LocalServer {
 
 impl LocalServer {
     /// Listens on `bind` (port 0 picks a free one) and serves with `handlers`.
-    pub async fn start(bind: SocketAddr, handlers: Vec<Arc<dyn Handler>>) -> Result<Self, LocalError> {
+    pub async fn start(
+        bind: SocketAddr,
+        handlers: Vec<Arc<dyn Handler>>,
+    ) -> Result<Self, LocalError> {
         Self::start_with_gate(bind, handlers, Arc::new(ConnectionGate::default())).await
     }
 
@@ -130,7 +143,13 @@ impl LocalServer {
             .map_err(|source| LocalError::Bind { addr: bind, source })?;
         let stop = Arc::new(Notify::new());
         let handlers: Arc<[Arc<dyn Handler>]> = handlers.into();
-        let task = tokio::spawn(accept_loop(listener, addr, handlers, Arc::clone(&stop), gate));
+        let task = tokio::spawn(accept_loop(
+            listener,
+            addr,
+            handlers,
+            Arc::clone(&stop),
+            gate,
+        ));
         tracing::info!(%addr, "local endpoint listening");
         Ok(LocalServer { addr, stop, task })
     }
@@ -223,7 +242,10 @@ async fn accept_loop(
     connections.abort_all();
 }
 
-async fn route(handlers: &[Arc<dyn Handler>], request: http::Request<Incoming>) -> http::Response<ResponseBody> {
+async fn route(
+    handlers: &[Arc<dyn Handler>],
+    request: http::Request<Incoming>,
+) -> http::Response<ResponseBody> {
     match handlers.iter().find(|h| h.accepts(&request)) {
         Some(handler) => Arc::clone(handler).handle(request).await,
         None => {

@@ -41,17 +41,25 @@ pub fn is_vcl(nal_type: u8) -> bool {
 /// The fields of a sequence parameter set this crate needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sps {
+    /// profile_idc (66 baseline, 77 main, 100 high, 110 high 10, 122 high 4:2:2, 244 high 4:4:4).
     pub profile_idc: u8,
     /// constraint_set0..5 flags and the 2 reserved bits, as the byte after profile_idc.
     pub constraint_flags: u8,
+    /// level_idc: ten times the level number (31 = level 3.1).
     pub level_idc: u8,
+    /// seq_parameter_set_id (0..=31).
     pub seq_parameter_set_id: u32,
     /// 0 monochrome, 1 4:2:0, 2 4:2:2, 3 4:4:4 (1 when the profile does not signal it).
     pub chroma_format_idc: u32,
+    /// 4:4:4 coded as three monochrome planes.
     pub separate_colour_plane_flag: bool,
+    /// Luma bit depth − 8 (0..=6).
     pub bit_depth_luma_minus8: u32,
+    /// Chroma bit depth − 8 (0..=6).
     pub bit_depth_chroma_minus8: u32,
+    /// pic_order_cnt_type (0..=2).
     pub pic_order_cnt_type: u32,
+    /// False for interlaced (field / MBAFF) coding.
     pub frame_mbs_only_flag: bool,
     /// Displayed width in luma samples, frame cropping applied.
     pub width: u32,
@@ -246,13 +254,17 @@ impl Sps {
 /// An AVCDecoderConfigurationRecord (avcC), as parsed from caps `codec_data` or a CodecPrivate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AvcDecoderConfig {
+    /// AVCProfileIndication.
     pub profile_idc: u8,
     /// The profile_compatibility byte (the SPS constraint flags).
     pub profile_compat: u8,
+    /// AVCLevelIndication.
     pub level_idc: u8,
     /// Bytes per NAL length prefix in frames: 1, 2 or 4.
     pub nal_length_size: u8,
+    /// Sequence parameter sets, each with its NAL header.
     pub sps: Vec<Bytes>,
+    /// Picture parameter sets, each with its NAL header.
     pub pps: Vec<Bytes>,
 }
 

@@ -58,19 +58,29 @@ pub fn is_irap(nal_type: u8) -> bool {
 /// Tracks element need.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HevcSps {
+    /// general_profile_space (0..=3).
     pub general_profile_space: u8,
+    /// general_tier_flag: true for the High tier.
     pub tier_flag: bool,
+    /// general_profile_idc (1 Main, 2 Main 10, 4 range extensions).
     pub profile_idc: u8,
+    /// general_profile_compatibility_flag[0..32], flag 0 in the most significant bit.
     pub profile_compatibility_flags: u32,
     /// The 48 bits from general_progressive_source_flag on, right-aligned.
     pub constraint_indicator_flags: u64,
+    /// general_level_idc: thirty times the level number (120 = level 4).
     pub level_idc: u8,
+    /// sps_max_sub_layers_minus1 (0..=6).
     pub sps_max_sub_layers_minus1: u8,
+    /// sps_temporal_id_nesting_flag.
     pub temporal_id_nesting_flag: bool,
     /// 0 monochrome, 1 4:2:0, 2 4:2:2, 3 4:4:4.
     pub chroma_format_idc: u32,
+    /// 4:4:4 coded as three monochrome planes.
     pub separate_colour_plane_flag: bool,
+    /// Luma bit depth − 8 (0..=8).
     pub bit_depth_luma_minus8: u32,
+    /// Chroma bit depth − 8 (0..=8).
     pub bit_depth_chroma_minus8: u32,
     /// Displayed width in luma samples, conformance window applied.
     pub width: u32,
@@ -306,15 +316,23 @@ pub fn hevc_decoder_config(vps: &[u8], sps: &[u8], pps: &[u8]) -> Result<Vec<u8>
 /// An HEVCDecoderConfigurationRecord (hvcC), as parsed from caps `codec_data` or a CodecPrivate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HevcDecoderConfig {
+    /// general_profile_space.
     pub general_profile_space: u8,
+    /// general_tier_flag.
     pub tier_flag: bool,
+    /// general_profile_idc.
     pub profile_idc: u8,
+    /// general_level_idc.
     pub level_idc: u8,
+    /// chromaFormat (0..=3).
     pub chroma_format_idc: u8,
     /// Bytes per NAL length prefix in frames: 1, 2 or 4.
     pub nal_length_size: u8,
+    /// Video parameter sets, each with its NAL header.
     pub vps: Vec<Bytes>,
+    /// Sequence parameter sets, each with its NAL header.
     pub sps: Vec<Bytes>,
+    /// Picture parameter sets, each with its NAL header.
     pub pps: Vec<Bytes>,
 }
 

@@ -1,6 +1,6 @@
 //! Codec facts, no I/O: the frame type every stage passes on, H.264/H.265 Annex-B ↔
 //! length-prefixed conversion, SPS parsing, decoder configuration records, AAC
-//! AudioSpecificConfig.
+//! AudioSpecificConfig, silent AAC-LC frames.
 //!
 //! Invariants:
 //! - Nothing here performs I/O or keeps state between calls; every function is a pure
@@ -16,6 +16,7 @@
 use bytes::Bytes;
 
 pub mod aac;
+pub mod aac_silence;
 pub mod annexb;
 mod bits;
 pub mod h264;

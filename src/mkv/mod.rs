@@ -41,7 +41,7 @@ pub struct FragmentStart {
 pub struct FragmentEnd {
     pub sequence: u64,
     pub timecode_ms: u64,
-    /// Frames in the fragment, all tracks.
+    /// Frames in the fragment, all tracks, generated silent audio frames included.
     pub frames: u32,
     /// Bytes of the fragment (tags, cluster, blocks), as passed to the sink.
     pub bytes: u64,

@@ -27,10 +27,18 @@
 //!   lengths) is validated and passed through. Payloads are never copied: the sink gets
 //!   `Bytes` slices. The per-frame path does not allocate once the muxer is warm: block headers
 //!   are built on the stack, NAL ranges go to a reused `Vec`, tags are read only per fragment.
+//! - Every fragment holds a frame of every AAC track (KVS rejects one without, ACK 4011): a
+//!   fragment about to close (split, end-of-fragment, finish) in which an AAC track has no
+//!   frame gets one generated silent frame of that track ([`crate::media::aac_silence`]),
+//!   written after the fragment's blocks at its largest timecode and with its largest PTS —
+//!   so not before any frame in it, and before the next fragment's first timecode. The frame
+//!   is built once per track at creation and passed by reference. Tracks that are not plain
+//!   AAC-LC (HE-AAC) get no filler (counted in `silence_unavailable`).
 //! - Errors that concern one frame ([`MuxError::is_frame_error`]) drop that frame only; the
 //!   muxer stays usable. A sink error stops the muxer (the output position is unknown).
 
 use crate::media::aac::AudioSpecificConfig;
+use crate::media::aac_silence;
 use crate::media::{Codec, Frame, MediaError, NalFormat, VideoParameters, annexb};
 use crate::mkv::ebml::{self, EbmlError, EbmlWriter, id};
 use crate::mkv::header::{SegmentHeader, TrackHeader, TrackKind, write_stream_header};
@@ -258,7 +266,7 @@ impl MuxError {
 pub struct MuxStats {
     /// Frames given to `push`.
     pub frames_in: u64,
-    /// Frames written as SimpleBlocks.
+    /// Frames given to `push` written as SimpleBlocks (generated silent frames not included).
     pub frames_out: u64,
     /// Bytes passed to the sink, stream header and trailer included.
     pub bytes_out: u64,
@@ -282,6 +290,11 @@ pub struct MuxStats {
     pub splits_deferred: u64,
     /// Fragments closed early with an end-of-fragment tag (requested or overflow).
     pub end_of_fragment_closes: u64,
+    /// Generated silent AAC frames written into fragments that had no frame of an audio track.
+    pub silence_frames_inserted: u64,
+    /// Times a fragment closed without a frame of an audio track that has no silent frame
+    /// (not plain AAC-LC); KVS rejects such a fragment (4011).
+    pub silence_unavailable: u64,
 }
 
 #[derive(Debug)]
@@ -292,6 +305,9 @@ struct Track {
     /// Known from the spec, or set at the first key frame (video).
     codec_private: Option<Bytes>,
     kind: TrackKind,
+    /// Audio only: the silent frame that fills a fragment without audio, if the codec
+    /// configuration allows one.
+    silence: Option<Bytes>,
 }
 
 impl Track {
@@ -831,6 +847,7 @@ impl FragmentMuxer {
         let Some(mut fragment) = self.fragment.take() else {
             return Ok(());
         };
+        self.fill_missing_tracks(&mut fragment, sink)?;
         if how != Close::Split {
             self.scratch.clear();
             let room = MAX_TAGS_PER_FRAGMENT.saturating_sub(fragment.tags_written);
@@ -862,6 +879,45 @@ impl FragmentMuxer {
         Ok(())
     }
 
+    /// Before `fragment` closes: a silent frame for each audio track that has none in it, at
+    /// the fragment's largest timecode (see the module invariants).
+    fn fill_missing_tracks(
+        &mut self,
+        fragment: &mut OpenFragment,
+        sink: &mut (impl MuxSink + ?Sized),
+    ) -> Result<(), MuxError> {
+        if fragment.frames == 0 {
+            // Only after a sink error: nothing to anchor a timestamp to.
+            return Ok(());
+        }
+        // Every written frame's offset fitted, so the largest one does.
+        let offset_ms = fragment
+            .last_ms
+            .saturating_sub(fragment.cluster_ms)
+            .min(MAX_BLOCK_OFFSET_MS);
+        for (index, track) in self.tracks.iter().enumerate() {
+            if track.codec.is_video() || fragment.tracks_present & (1 << index) != 0 {
+                continue;
+            }
+            let Some(silence) = &track.silence else {
+                self.stats.silence_unavailable += 1;
+                continue;
+            };
+            let mut header = [0u8; BLOCK_HEADER_MAX];
+            let len = silence.len() as u64;
+            let at = block_header(&mut header, index, offset_ms, true, len)?;
+            sink.write(&header[..at])?;
+            sink.write_payload(silence)?;
+            let written = at as u64 + len;
+            fragment.frames = fragment.frames.saturating_add(1);
+            fragment.bytes += written;
+            fragment.tracks_present |= 1 << index;
+            self.stats.bytes_out += written;
+            self.stats.silence_frames_inserted += 1;
+        }
+        Ok(())
+    }
+
     /// Writes one SimpleBlock; returns its size in bytes.
     fn write_block(
         &self,
@@ -872,19 +928,10 @@ impl FragmentMuxer {
         payload_len: u64,
         sink: &mut (impl MuxSink + ?Sized),
     ) -> Result<u64, MuxError> {
-        // ID, size (≤ 8), track number, timecode (2), flags, first NAL length (4).
-        let mut header = [0u8; 1 + 8 + 1 + 2 + 1 + 4];
-        header[0] = 0xA3;
-        let mut size = [0u8; 8];
-        let size_len = ebml::encode_size(4 + payload_len, &mut size)?;
-        header[1..1 + size_len].copy_from_slice(&size[..size_len]);
-        let mut at = 1 + size_len;
-        // Track numbers are 1..=3: a 1-byte vint.
-        header[at] = 0x80 | (frame.track as u8 + 1);
-        let offset = i16::try_from(offset_ms).unwrap_or(i16::MAX);
-        header[at + 1..at + 3].copy_from_slice(&offset.to_be_bytes());
-        header[at + 3] = if frame.key || !is_video { 0x80 } else { 0 };
-        at += 4;
+        let mut header = [0u8; BLOCK_HEADER_MAX + 4];
+        // Audio blocks are all key frames.
+        let key = frame.key || !is_video;
+        let at = block_header(&mut header, frame.track, offset_ms, key, payload_len)?;
         let header_len = at as u64;
 
         if is_video && nal_format == NalFormat::AnnexB {
@@ -919,6 +966,35 @@ impl FragmentMuxer {
     }
 }
 
+/// SimpleBlock ID, size (≤ 8 bytes), track number, timecode (2), flags.
+const BLOCK_HEADER_MAX: usize = 1 + 8 + 1 + 2 + 1;
+
+/// Writes a SimpleBlock header for a `payload_len`-byte payload at the start of `header`;
+/// returns its length.
+fn block_header(
+    header: &mut [u8],
+    track: usize,
+    offset_ms: u64,
+    key: bool,
+    payload_len: u64,
+) -> Result<usize, MuxError> {
+    let mut size = [0u8; 8];
+    let size_len = ebml::encode_size(4 + payload_len, &mut size)?;
+    let len = 1 + size_len + 4;
+    let (Some(out), Some(size)) = (header.get_mut(..len), size.get(..size_len)) else {
+        return Err(EbmlError::SizeTooLarge(payload_len).into());
+    };
+    out[0] = 0xA3;
+    out[1..1 + size_len].copy_from_slice(size);
+    let at = 1 + size_len;
+    // Track numbers are 1..=3: a 1-byte vint.
+    out[at] = 0x80 | (track as u8 + 1);
+    let offset = i16::try_from(offset_ms).unwrap_or(i16::MAX);
+    out[at + 1..at + 3].copy_from_slice(&offset.to_be_bytes());
+    out[at + 3] = if key { 0x80 } else { 0 };
+    Ok(len)
+}
+
 fn resolve_track(index: usize, spec: TrackSpec) -> Result<Track, MuxError> {
     let codec_private_error = |source| MuxError::CodecPrivate {
         track: index,
@@ -949,6 +1025,7 @@ fn resolve_track(index: usize, spec: TrackSpec) -> Result<Track, MuxError> {
             name: spec.name,
             codec_private,
             kind: TrackKind::Video { width, height },
+            silence: None,
         });
     }
     let (codec_private, config) = match spec.codec_private {
@@ -963,11 +1040,24 @@ fn resolve_track(index: usize, spec: TrackSpec) -> Result<Track, MuxError> {
             (Bytes::copy_from_slice(&bytes), config)
         }
     };
+    let silence = match aac_silence::silent_frame(&codec_private) {
+        Ok(frame) => Some(frame),
+        Err(e) => {
+            tracing::warn!(
+                track = index,
+                error = %e,
+                "mkv: no silent frame for this audio track; fragments in which it delivers \
+                 nothing will lack it (KVS rejects them with 4011)"
+            );
+            None
+        }
+    };
     Ok(Track {
         codec: spec.codec,
         nal_format: spec.nal_format,
         name: spec.name,
         codec_private: Some(codec_private),
+        silence,
         kind: TrackKind::Audio {
             sample_rate: f64::from(config.sample_rate),
             channels: config.channel_count(),

@@ -956,13 +956,23 @@ fn audio_gap_and_late_audio() {
     assert_fragment_invariants(&sink);
     let ends = sink.ends();
     assert_eq!(ends.len(), 3);
+    assert!(ends.iter().all(|e| e.tracks_present == 0b11), "{ends:?}");
+    // The 2–4 s fragment had no audio: one silent frame, after its last video frame.
+    let stats = mux.stats();
+    assert_eq!(stats.silence_frames_inserted, 1, "{stats:?}");
+    assert_eq!(stats.dropped_late, 0);
+    let p = sink.parsed();
+    let (tc, blocks) = p.clusters()[1];
+    let filled: Vec<&Block> = blocks.iter().filter(|b| b.track == 2).collect();
+    assert_eq!(filled.len(), 1);
+    assert_eq!(filled[0].payload, SILENT_STEREO);
+    assert_eq!(filled[0].flags, 0x80);
+    assert_eq!(blocks.last(), Some(filled[0]));
     assert_eq!(
-        ends[1].tracks_present, 0b01,
-        "the 2–4 s fragment has no audio"
+        tc + filled[0].offset as u64,
+        1_700_000_003_966,
+        "the last video PTS"
     );
-    assert_eq!(ends[0].tracks_present, 0b11);
-    assert_eq!(ends[2].tracks_present, 0b11);
-    assert_eq!(mux.stats().dropped_late, 0);
 
     // Audio arriving after its fragment's key frame was written is dropped, with an error.
     let mut mux = av();
@@ -1053,10 +1063,125 @@ fn a_stopped_audio_track_delays_video_by_max_track_wait_only() {
     mux.finish(&mut sink).unwrap();
     let ends = sink.ends();
     assert_eq!(ends.len(), 3);
+    assert!(ends.iter().all(|e| e.tracks_present == 0b11), "{ends:?}");
+    let stats = mux.stats();
+    assert_eq!(
+        stats.frames_out, 210,
+        "silent frames are not counted as pushed frames"
+    );
+    assert_eq!(stats.silence_frames_inserted, 2);
+    // Fragment 2 closed by the split at 3960 ms, fragment 3 by finish().
+    assert_eq!(ends[1].frames, 60 + 1);
+    assert_eq!(ends[2].frames, 60 + 1);
+    assert_eq!(ends[2].last_pts_ns, T0 + 179 * 33 * MS);
+    assert_fragment_invariants(&sink);
+}
+
+/// The silent raw_data_block for channel configuration 2 (see media::aac_silence).
+const SILENT_STEREO: [u8; 7] = [0x20, 0x64, 0x00, 0x01, 0x90, 0x00, 0x0E];
+
+#[test]
+fn silence_fills_a_fragment_closed_by_end_fragment_and_by_finish() {
+    let tags = FragmentTags::new();
+    let mut mux = FragmentMuxer::new(
+        config(vec![
+            TrackSpec::video(Codec::H264, NalFormat::AnnexB),
+            TrackSpec::aac(48_000, 2),
+        ]),
+        tags.clone(),
+    )
+    .unwrap();
+    let mut sink = RecordingSink::default();
+    tags.set_persistent("site", "7").unwrap();
+    // Video waits up to 500 ms for audio, so 1 s of it releases about half.
+    for i in 0..30u64 {
+        mux.push(video(i * 33, i * 33, i == 0), &mut sink).unwrap();
+    }
+    tags.end_fragment();
+    mux.push(p_frame(990, 990), &mut sink).unwrap();
+    // Closed early: the silent frame sits before the end-of-fragment tag, at the last PTS.
+    let ends = sink.ends();
+    assert_eq!(ends.len(), 1);
     assert_eq!(ends[0].tracks_present, 0b11);
-    assert_eq!(ends[1].tracks_present, 0b01);
-    assert_eq!(ends[2].tracks_present, 0b01);
-    assert_eq!(mux.stats().frames_out, 210);
+    let p = sink.parsed();
+    let blocks = p.clusters()[0].1;
+    let last_video = blocks
+        .iter()
+        .filter(|b| b.track == 1)
+        .map(|b| b.offset)
+        .max();
+    // Video up to 429 ms was written; the next frame released (462 ms) met the close.
+    assert_eq!(last_video, Some(429));
+    assert_eq!(ends[0].frames, 14 + 1);
+    assert_eq!(ends[0].last_pts_ns, T0 + 429 * MS);
+    assert_eq!(
+        blocks.last(),
+        Some(&Block {
+            track: 2,
+            offset: 429,
+            flags: 0x80,
+            payload: SILENT_STEREO.to_vec()
+        })
+    );
+    assert!(matches!(p.items.last(), Some(Level1::Tags(t)) if t[0][0].0 == END_OF_FRAGMENT));
+    // The silent payload is the track's one buffer, referenced, not rebuilt.
+    let silent: Vec<&Bytes> = sink
+        .payloads
+        .iter()
+        .filter(|b| b[..] == SILENT_STEREO)
+        .collect();
+    assert_eq!(silent.len(), 1);
+
+    // Frames still queued up to 990 ms wait for a key frame.
+    mux.push(key_frame(1100, 1100), &mut sink).unwrap();
+    mux.push(p_frame(1133, 1133), &mut sink).unwrap();
+    mux.finish(&mut sink).unwrap();
+    let ends = sink.ends();
+    assert_eq!(ends.len(), 2);
+    assert_eq!(ends[1].tracks_present, 0b11);
+    let silent: Vec<&Bytes> = sink
+        .payloads
+        .iter()
+        .filter(|b| b[..] == SILENT_STEREO)
+        .collect();
+    assert_eq!(silent.len(), 2);
+    assert_eq!(silent[0].as_ptr(), silent[1].as_ptr());
+    assert_eq!(mux.stats().silence_frames_inserted, 2);
+    assert_fragment_invariants(&sink);
+}
+
+#[test]
+fn silence_for_every_silent_track_and_none_for_he_aac() {
+    // Track 1 mono AAC-LC that never delivers; track 2 HE-AAC (explicit SBR) that never
+    // delivers either: only track 1 can be filled.
+    let he_aac =
+        TrackSpec::aac(24_000, 2).with_codec_private(Bytes::from_static(&[0x2B, 0x11, 0x88, 0x00]));
+    let mut mux = FragmentMuxer::new(
+        config(vec![
+            TrackSpec::video(Codec::H264, NalFormat::AnnexB),
+            TrackSpec::aac(48_000, 1),
+            he_aac,
+        ]),
+        FragmentTags::new(),
+    )
+    .unwrap();
+    let mut sink = RecordingSink::default();
+    for i in 0..130u64 {
+        mux.push(video(i * 33, i * 33, i.is_multiple_of(61)), &mut sink)
+            .unwrap();
+    }
+    mux.finish(&mut sink).unwrap();
+    let ends = sink.ends();
+    assert_eq!(ends.len(), 3);
+    assert!(ends.iter().all(|e| e.tracks_present == 0b011), "{ends:?}");
+    let stats = mux.stats();
+    assert_eq!(stats.silence_frames_inserted, 3);
+    assert_eq!(stats.silence_unavailable, 3);
+    for (_, blocks) in sink.parsed().clusters() {
+        let mono: Vec<&Block> = blocks.iter().filter(|b| b.track == 2).collect();
+        assert_eq!(mono.len(), 1);
+        assert_eq!(mono[0].payload, [0x00, 0xC8, 0x00, 0x07]);
+    }
     assert_fragment_invariants(&sink);
 }
 
@@ -1628,10 +1753,77 @@ mod properties {
             assert_fragment_invariants(&sink);
             let stats = mux.stats();
             prop_assert!(conserved(&stats), "{:?}", stats);
+            // Gaps and stops are filled: every fragment has both tracks (KVS 4011).
+            let ends = sink.ends();
+            prop_assert!(ends.iter().all(|e| e.tracks_present == 0b11), "{:?}", ends);
+            prop_assert!(stats.silence_frames_inserted <= ends.len() as u64);
+            prop_assert_eq!(stats.silence_unavailable, 0);
             // Skews below max_track_wait never make a frame late or defer a split.
             prop_assert_eq!(stats.dropped_late, 0, "{:?}", stats);
             prop_assert_eq!(stats.splits_deferred, 0, "{:?}", stats);
             prop_assert_eq!(stats.dropped_out_of_order, 0);
+        }
+
+        #[test]
+        fn audio_stopping_at_1_s_and_resuming_at_5_s_leaves_no_fragment_without_audio(
+            latency_ms in [0u64..300, 0u64..300],
+            jitter in prop::collection::vec(0u64..40, 1..16),
+            gop in prop::sample::select(vec![15u64, 30, 60]),
+            fragment_ms in prop::sample::select(vec![0u64, 1_000, 2_000]),
+        ) {
+            let video: Vec<Frame> = b_frame_gop(240, gop)
+                .into_iter()
+                .map(|(p, d, k)| video(p, d, k))
+                .collect();
+            let audio: Vec<Frame> = (0..8_100 * 48 / 1024)
+                .map(|i| T0 + i * 1024 * 1_000_000_000 / 48_000)
+                .filter(|&pts| !(1_000..5_000).contains(&((pts - T0) / MS)))
+                .map(audio_at_ns)
+                .collect();
+            let mut cfg = config(vec![
+                TrackSpec::video(Codec::H264, NalFormat::AnnexB),
+                TrackSpec::aac(48_000, 2),
+            ]);
+            cfg.fragment_duration = Duration::from_millis(fragment_ms);
+            let mut mux = FragmentMuxer::new(cfg, FragmentTags::new()).unwrap();
+            let mut sink = RecordingSink::default();
+            for frame in deliver(vec![video, audio], latency_ms, &jitter) {
+                if let Err(e) = mux.push(frame, &mut sink) {
+                    prop_assert!(e.is_frame_error(), "{}", e);
+                }
+            }
+            mux.finish(&mut sink).unwrap();
+            // Block timecodes and FragmentEnd PTS strictly increase across fragments (4004).
+            assert_fragment_invariants(&sink);
+            let ends = sink.ends();
+            prop_assert!(ends.iter().all(|e| e.tracks_present == 0b11), "{:?}", ends);
+            let p = sink.parsed();
+            let mut filled = 0;
+            let mut last_audio_ms = 0;
+            for (tc, blocks) in p.clusters() {
+                let audio: Vec<&Block> = blocks.iter().filter(|b| b.track == 2).collect();
+                let silent = audio.iter().filter(|b| b.payload == SILENT_STEREO).count();
+                // A silent frame only where the track had nothing, alone and last.
+                if silent > 0 {
+                    prop_assert_eq!((silent, audio.len()), (1, 1));
+                    prop_assert_eq!(blocks.last(), Some(audio[0]));
+                    prop_assert!(blocks.iter().all(|b| b.offset <= audio[0].offset));
+                    filled += 1;
+                }
+                // Audio timecodes never go back, silent frames included.
+                for b in &audio {
+                    let ms = tc + b.offset as u64;
+                    prop_assert!(ms >= last_audio_ms);
+                    last_audio_ms = ms;
+                }
+            }
+            prop_assert!(filled >= 1);
+            prop_assert_eq!(mux.stats().silence_frames_inserted, filled);
+            // Audio resumes: the last fragment carries real audio after 5 s.
+            let (tc, blocks) = *p.clusters().last().unwrap();
+            prop_assert!(blocks.iter().any(|b| b.track == 2
+                && b.payload != SILENT_STEREO
+                && tc + b.offset as u64 >= 1_700_000_005_000));
         }
 
         #[test]

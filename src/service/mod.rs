@@ -9,6 +9,7 @@
 pub mod access;
 pub mod camera;
 pub mod capture_task;
+pub mod put_record;
 pub mod record;
 pub mod run;
 pub mod systemd;

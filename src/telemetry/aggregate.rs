@@ -162,9 +162,7 @@ impl<T> AggregateBuilder<T> {
     pub fn billed_bytes(&self) -> usize {
         match self.members.as_slice() {
             [] => 0,
-            [only] => {
-                only.data.len() + self.first.as_ref().map_or(0, |(key, _)| key.len())
-            }
+            [only] => only.data.len() + self.first.as_ref().map_or(0, |(key, _)| key.len()),
             _ => AGGREGATE_OVERHEAD + self.proto_len + AGGREGATE_PARTITION_KEY.len(),
         }
     }
@@ -186,13 +184,15 @@ impl<T> AggregateBuilder<T> {
                 self.pk_table.len() as u64
             }
         };
-        let ehk_index = record.explicit_hash_key().map(|key| match self.ehk_lookup.get(&key) {
-            Some(&index) => index,
-            None => {
-                len += delimited_len(decimal_len(key));
-                self.ehk_table.len() as u64
-            }
-        });
+        let ehk_index = record
+            .explicit_hash_key()
+            .map(|key| match self.ehk_lookup.get(&key) {
+                Some(&index) => index,
+                None => {
+                    len += delimited_len(decimal_len(key));
+                    self.ehk_table.len() as u64
+                }
+            });
         len + delimited_len(member_message_len(pk_index, ehk_index, record.data().len()))
     }
 
@@ -221,7 +221,10 @@ impl<T> AggregateBuilder<T> {
             })
         });
         if self.first.is_none() {
-            self.first = Some((record.partition_key().to_owned(), record.explicit_hash_key()));
+            self.first = Some((
+                record.partition_key().to_owned(),
+                record.explicit_hash_key(),
+            ));
         }
         self.members.push(Member {
             handle,
@@ -237,7 +240,11 @@ impl<T> AggregateBuilder<T> {
     pub fn finish(self) -> Option<KinesisRecord<T>> {
         let (first_key, first_ehk) = self.first?;
         if self.members.len() == 1 {
-            let data = self.members.first().map(|m| m.data.clone()).unwrap_or_default();
+            let data = self
+                .members
+                .first()
+                .map(|m| m.data.clone())
+                .unwrap_or_default();
             return Some(KinesisRecord {
                 partition_key: first_key,
                 explicit_hash_key: first_ehk,
@@ -443,12 +450,11 @@ pub fn decode_aggregate(aggregate: &Bytes) -> Result<Vec<DecodedRecord>, Aggrega
             k if k == u64::from(TAG_EXPLICIT_HASH_KEY_TABLE) => {
                 let (bytes, at) = reader.delimited()?;
                 let text = utf8(bytes, base + at)?;
-                let key = HashKey::parse_decimal(&text).map_err(|_| {
-                    AggregateDecodeError::Malformed {
+                let key =
+                    HashKey::parse_decimal(&text).map_err(|_| AggregateDecodeError::Malformed {
                         offset: base + at,
                         reason: "explicit hash key table entry is not a valid hash key",
-                    }
-                })?;
+                    })?;
                 ehk_table.push(key);
             }
             k if k == u64::from(TAG_RECORDS) => {
@@ -534,7 +540,14 @@ mod tests {
 
     #[test]
     fn varint_lengths() {
-        for (value, len) in [(0, 1), (127, 1), (128, 2), (16_383, 2), (16_384, 3), (u64::MAX, 10)] {
+        for (value, len) in [
+            (0, 1),
+            (127, 1),
+            (128, 2),
+            (16_383, 2),
+            (16_384, 3),
+            (u64::MAX, 10),
+        ] {
             assert_eq!(varint_len(value), len, "{value}");
             let mut out = BytesMut::new();
             put_varint(&mut out, value);
@@ -575,7 +588,10 @@ mod tests {
         assert!(out.aggregated);
         assert_eq!(out.billed_bytes(), billed, "size tracked exactly");
         assert_eq!(out.partition_key, "a");
-        assert_eq!(out.explicit_hash_key, Some(HashKey::from_partition_key("k1")));
+        assert_eq!(
+            out.explicit_hash_key,
+            Some(HashKey::from_partition_key("k1"))
+        );
         assert!(out.data.starts_with(&KPL_MAGIC));
         let decoded = decode_aggregate(&out.data).expect("decodes");
         assert_eq!(decoded.len(), 4);
@@ -605,8 +621,12 @@ mod tests {
     #[test]
     fn decoder_rejects_damage() {
         let mut builder = AggregateBuilder::new(1 << 20);
-        builder.try_add((), &record("a", None, b"xyz")).expect("fits");
-        builder.try_add((), &record("b", None, b"uvw")).expect("fits");
+        builder
+            .try_add((), &record("a", None, b"xyz"))
+            .expect("fits");
+        builder
+            .try_add((), &record("b", None, b"uvw"))
+            .expect("fits");
         let good = builder.finish().expect("non-empty").data;
         let mut bad = good.to_vec();
         if let Some(byte) = bad.get_mut(6) {
@@ -628,7 +648,10 @@ mod tests {
         crafted.extend_from_slice(&digest);
         assert!(matches!(
             decode_aggregate(&Bytes::from(crafted)),
-            Err(AggregateDecodeError::Malformed { offset: 6, reason: "length runs past the end" })
+            Err(AggregateDecodeError::Malformed {
+                offset: 6,
+                reason: "length runs past the end"
+            })
         ));
     }
 }

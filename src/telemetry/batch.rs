@@ -73,7 +73,12 @@ impl BatchLimits {
                 })
             }
         };
-        check("max_records_per_request", self.max_records_per_request, 1, MAX_RECORDS_PER_REQUEST)?;
+        check(
+            "max_records_per_request",
+            self.max_records_per_request,
+            1,
+            MAX_RECORDS_PER_REQUEST,
+        )?;
         check(
             "max_record_bytes",
             self.max_record_bytes,
@@ -86,7 +91,12 @@ impl BatchLimits {
             self.max_record_bytes,
             MAX_REQUEST_BYTES_CEILING,
         )?;
-        check("aggregation_max_bytes", self.aggregation_max_bytes, 64, MAX_STREAM_MAX_RECORD_BYTES)
+        check(
+            "aggregation_max_bytes",
+            self.aggregation_max_bytes,
+            64,
+            MAX_STREAM_MAX_RECORD_BYTES,
+        )
     }
 
     fn aggregate_limit(&self) -> usize {
@@ -129,6 +139,17 @@ pub enum Offer {
     TooLarge,
 }
 
+/// What one shard takes in a request, for charging its limiter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardTotal {
+    /// The shard (`None`: no shard map).
+    pub shard: Option<ShardId>,
+    /// Kinesis records.
+    pub records: usize,
+    /// Billed bytes.
+    pub bytes: usize,
+}
+
 /// One Kinesis record of a request, with the shard it was predicted for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedRecord<T> {
@@ -142,6 +163,8 @@ struct ShardSlot<T> {
     shard: Option<ShardId>,
     closed: Vec<KinesisRecord<T>>,
     open: Option<AggregateBuilder<T>>,
+    /// Fewest members any member of the open aggregate allows.
+    open_cap: usize,
     records: usize,
     bytes: usize,
 }
@@ -191,33 +214,33 @@ impl<T> RequestBuilder<T> {
         self.user_records == 0
     }
 
-    /// Offers `record` for `shard`. `aggregate = false` forces it out raw (a record being
-    /// isolated after the service rejected a request); `max_records` lowers this request's
-    /// record cap (bisecting a rejected request).
+    /// Offers `record` for `shard`. `max_aggregate_members` caps the aggregate it may join
+    /// (1 sends it raw) and `max_records` lowers this request's record cap: both bisect a
+    /// request the service rejected, to isolate the record it will never take.
     pub fn offer(
         &mut self,
         shard: Option<&ShardId>,
         budget: ShardBudget,
         handle: T,
         record: &UserRecord,
-        aggregate: bool,
+        max_aggregate_members: usize,
         max_records: usize,
     ) -> Offer {
         if record.raw_bytes() > self.limits.max_record_bytes {
             return Offer::TooLarge;
         }
-        if self.records >= self.max_records {
-            return Offer::RequestFull;
-        }
         let cap = self.max_records.min(max_records.max(1));
         let key = shard.cloned();
-        let aggregate = aggregate && self.limits.aggregation && shard.is_some();
+        let aggregate = max_aggregate_members > 1 && self.limits.aggregation && shard.is_some();
         let slot = self.slot_index.get(&key).and_then(|&i| self.slots.get(i));
         let (slot_records, slot_bytes) = slot.map_or((0, 0), |s| (s.records, s.bytes));
         // What adding costs: join the open aggregate, or start a new Kinesis record.
         let joins_open = aggregate
-            && slot.and_then(|s| s.open.as_ref()).is_some_and(|open| {
-                open.billed_bytes_with(record) <= self.limits.aggregate_limit()
+            && slot.is_some_and(|s| {
+                s.open.as_ref().is_some_and(|open| {
+                    open.len() < s.open_cap.min(max_aggregate_members)
+                        && open.billed_bytes_with(record) <= self.limits.aggregate_limit()
+                })
             });
         let (delta_records, delta_bytes) = match slot.and_then(|s| s.open.as_ref()) {
             Some(open) if joins_open => (0, open.billed_bytes_with(record) - open.billed_bytes()),
@@ -248,6 +271,7 @@ impl<T> RequestBuilder<T> {
                     shard: key.clone(),
                     closed: Vec::new(),
                     open: None,
+                    open_cap: usize::MAX,
                     records: 0,
                     bytes: 0,
                 });
@@ -260,6 +284,7 @@ impl<T> RequestBuilder<T> {
             return Offer::DoesNotFit;
         };
         if joins_open {
+            slot.open_cap = slot.open_cap.min(max_aggregate_members);
             if let Some(open) = slot.open.as_mut()
                 && let Err(handle) = open.try_add(handle, record)
             {
@@ -281,6 +306,7 @@ impl<T> RequestBuilder<T> {
             // The first record of a builder is always taken.
             let _ = open.try_add(handle, record);
             slot.open = Some(open);
+            slot.open_cap = max_aggregate_members;
         } else {
             slot.closed.push(KinesisRecord::raw(handle, record));
         }
@@ -292,13 +318,16 @@ impl<T> RequestBuilder<T> {
         Offer::Added
     }
 
-    /// The finished request, shard by shard, plus (shard, Kinesis records, bytes) totals for
-    /// charging the limiters.
-    pub fn finish(self) -> (Vec<PlannedRecord<T>>, Vec<(Option<ShardId>, usize, usize)>) {
+    /// The finished request, shard by shard, plus per-shard totals for charging the limiters.
+    pub fn finish(self) -> (Vec<PlannedRecord<T>>, Vec<ShardTotal>) {
         let mut out = Vec::with_capacity(self.records);
         let mut totals = Vec::with_capacity(self.slots.len());
         for slot in self.slots {
-            totals.push((slot.shard.clone(), slot.records, slot.bytes));
+            totals.push(ShardTotal {
+                shard: slot.shard.clone(),
+                records: slot.records,
+                bytes: slot.bytes,
+            });
             let open = slot.open.and_then(AggregateBuilder::finish);
             for record in slot.closed.into_iter().chain(open) {
                 out.push(PlannedRecord {
@@ -341,18 +370,41 @@ mod tests {
         let (s0, s1) = (shard("s0"), shard("s1"));
         for i in 0..10 {
             let target = if i % 2 == 0 { &s0 } else { &s1 };
-            let offer = builder.offer(Some(target), ShardBudget::UNLIMITED, i, &record("k", 100), true, 500);
+            let offer = builder.offer(
+                Some(target),
+                ShardBudget::UNLIMITED,
+                i,
+                &record("k", 100),
+                usize::MAX,
+                500,
+            );
             assert_eq!(offer, Offer::Added);
         }
-        let lone = builder.offer(None, ShardBudget::UNLIMITED, 10, &record("x", 5), true, 500);
+        let lone = builder.offer(
+            None,
+            ShardBudget::UNLIMITED,
+            10,
+            &record("x", 5),
+            usize::MAX,
+            500,
+        );
         assert_eq!(lone, Offer::Added);
         assert_eq!(builder.kinesis_records(), 3);
         let expected_bytes = builder.bytes();
         let (planned, totals) = builder.finish();
         assert_eq!(planned.len(), 3);
-        assert_eq!(planned.iter().map(|p| p.record.billed_bytes()).sum::<usize>(), expected_bytes);
+        assert_eq!(
+            planned
+                .iter()
+                .map(|p| p.record.billed_bytes())
+                .sum::<usize>(),
+            expected_bytes
+        );
         let members: Vec<Vec<usize>> = planned.iter().map(|p| p.record.members.clone()).collect();
-        assert_eq!(members, vec![vec![0, 2, 4, 6, 8], vec![1, 3, 5, 7, 9], vec![10]]);
+        assert_eq!(
+            members,
+            vec![vec![0, 2, 4, 6, 8], vec![1, 3, 5, 7, 9], vec![10]]
+        );
         assert!(planned[0].record.aggregated && planned[1].record.aggregated);
         assert!(!planned[2].record.aggregated);
         assert_eq!(totals.len(), 3);
@@ -368,7 +420,14 @@ mod tests {
         let mut builder = RequestBuilder::new(limits);
         let mut added = 0;
         loop {
-            match builder.offer(None, ShardBudget::UNLIMITED, added, &record("k", 10), true, 500) {
+            match builder.offer(
+                None,
+                ShardBudget::UNLIMITED,
+                added,
+                &record("k", 10),
+                usize::MAX,
+                500,
+            ) {
                 Offer::Added => added += 1,
                 Offer::RequestFull => break,
                 other => panic!("unexpected {other:?}"),
@@ -378,11 +437,28 @@ mod tests {
         // Bytes: 5 records of 1 MiB - 1 byte key = 1 MiB each fill 5 MiB exactly.
         let mut builder = RequestBuilder::new(limits);
         for i in 0..5 {
-            let offer = builder.offer(None, ShardBudget::UNLIMITED, i, &record("k", (1 << 20) - 1), true, 500);
+            let offer = builder.offer(
+                None,
+                ShardBudget::UNLIMITED,
+                i,
+                &record("k", (1 << 20) - 1),
+                usize::MAX,
+                500,
+            );
             assert_eq!(offer, Offer::Added);
         }
         assert_eq!(builder.bytes(), 5 << 20);
-        assert_eq!(builder.offer(None, ShardBudget::UNLIMITED, 5, &record("k", 0), true, 500), Offer::DoesNotFit);
+        assert_eq!(
+            builder.offer(
+                None,
+                ShardBudget::UNLIMITED,
+                5,
+                &record("k", 0),
+                usize::MAX,
+                500
+            ),
+            Offer::DoesNotFit
+        );
         let (planned, _) = builder.finish();
         assert_within(&limits, &planned);
     }
@@ -393,17 +469,29 @@ mod tests {
         let mut builder = RequestBuilder::new(limits);
         let big = UserRecord::with_valid_key("k".into(), None, Bytes::from(vec![0u8; 1 << 20]))
             .expect("valid key");
-        assert_eq!(builder.offer(None, ShardBudget::UNLIMITED, 0, &big, true, 500), Offer::TooLarge);
+        assert_eq!(
+            builder.offer(None, ShardBudget::UNLIMITED, 0, &big, usize::MAX, 500),
+            Offer::TooLarge
+        );
         let s0 = shard("s0");
         let tight = ShardBudget {
             records: 1,
             bytes: 300,
             bucket_full: false,
         };
-        assert_eq!(builder.offer(Some(&s0), tight, 1, &record("k", 200), false, 500), Offer::Added);
-        assert_eq!(builder.offer(Some(&s0), tight, 2, &record("k", 10), false, 500), Offer::ShardFull);
+        assert_eq!(
+            builder.offer(Some(&s0), tight, 1, &record("k", 200), 1, 500),
+            Offer::Added
+        );
+        assert_eq!(
+            builder.offer(Some(&s0), tight, 2, &record("k", 10), 1, 500),
+            Offer::ShardFull
+        );
         // A bisect cap of 1 closes the request to more Kinesis records.
-        assert_eq!(builder.offer(None, ShardBudget::UNLIMITED, 3, &record("k", 10), false, 1), Offer::RequestFull);
+        assert_eq!(
+            builder.offer(None, ShardBudget::UNLIMITED, 3, &record("k", 10), 1, 1),
+            Offer::RequestFull
+        );
         // An empty shard with a full bucket may send one record beyond its byte budget.
         let mut builder = RequestBuilder::new(limits);
         let full = ShardBudget {
@@ -411,6 +499,25 @@ mod tests {
             bytes: 100,
             bucket_full: true,
         };
-        assert_eq!(builder.offer(Some(&s0), full, 0, &record("k", 5000), true, 500), Offer::Added);
+        assert_eq!(
+            builder.offer(Some(&s0), full, 0, &record("k", 5000), usize::MAX, 500),
+            Offer::Added
+        );
+        // An aggregate cap of 2 closes the aggregate after two members.
+        let mut builder = RequestBuilder::new(limits);
+        for i in 0..5 {
+            let offer = builder.offer(
+                Some(&s0),
+                ShardBudget::UNLIMITED,
+                i,
+                &record("k", 10),
+                2,
+                500,
+            );
+            assert_eq!(offer, Offer::Added);
+        }
+        let (planned, _) = builder.finish();
+        let sizes: Vec<usize> = planned.iter().map(|p| p.record.members.len()).collect();
+        assert_eq!(sizes, vec![2, 2, 1]);
     }
 }

@@ -249,13 +249,21 @@ pub fn read_cpu_temperature(sys_root: &Path) -> Option<f64> {
     zones.sort();
     let read = |zone: &PathBuf| -> Option<(String, f64)> {
         let kind = std::fs::read_to_string(zone.join("type")).unwrap_or_default();
-        let milli: f64 = std::fs::read_to_string(zone.join("temp")).ok()?.trim().parse().ok()?;
+        let milli: f64 = std::fs::read_to_string(zone.join("temp"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         Some((kind.trim().to_ascii_lowercase(), milli / 1000.0))
     };
     let readings: Vec<(String, f64)> = zones.iter().filter_map(read).collect();
     readings
         .iter()
-        .find(|(kind, _)| ["cpu", "soc", "x86_pkg", "core"].iter().any(|k| kind.contains(k)))
+        .find(|(kind, _)| {
+            ["cpu", "soc", "x86_pkg", "core"]
+                .iter()
+                .any(|k| kind.contains(k))
+        })
         .or_else(|| readings.first())
         .map(|(_, celsius)| *celsius)
 }
@@ -360,9 +368,15 @@ pub struct Collector {
 }
 
 fn partition_key(template: &str, device: &str, camera: &str) -> String {
-    let key = template.replace("{device}", device).replace("{camera}", camera);
+    let key = template
+        .replace("{device}", device)
+        .replace("{camera}", camera);
     let key: String = key.chars().take(MAX_PARTITION_KEY_CHARS).collect();
-    if key.is_empty() { "device".to_owned() } else { key }
+    if key.is_empty() {
+        "device".to_owned()
+    } else {
+        key
+    }
 }
 
 impl Collector {
@@ -416,13 +430,20 @@ impl Collector {
             disk_total_bytes: disk.map(|d| d.1),
             uptime_s: self.read("uptime").as_deref().and_then(parse_uptime),
             network: Reachability {
-                default_route: self.read("net/route").as_deref().is_some_and(has_default_route),
+                default_route: self
+                    .read("net/route")
+                    .as_deref()
+                    .is_some_and(has_default_route),
                 service_answered,
             },
         };
         let max = self.settings.max_record_bytes;
         let mut records = Vec::with_capacity(1 + self.cameras.len());
-        let key = partition_key(&self.settings.device_key_template, &self.settings.device_id, "");
+        let key = partition_key(
+            &self.settings.device_key_template,
+            &self.settings.device_id,
+            "",
+        );
         let json = serde_json::to_vec(&device).map_err(|e| TelemetryError::NotDelivered {
             reason: format!("device record does not serialize: {e}"),
         })?;
@@ -432,7 +453,10 @@ impl Collector {
             let bitrate_bps = match self.previous_bytes.get(name) {
                 Some(&(then, bytes)) if now > then => {
                     let seconds = now.duration_since(then).as_secs_f64();
-                    Some((snapshot.bytes_captured.saturating_sub(bytes) as f64 * 8.0 / seconds) as u64)
+                    Some(
+                        (snapshot.bytes_captured.saturating_sub(bytes) as f64 * 8.0 / seconds)
+                            as u64,
+                    )
                 }
                 _ => None,
             };
@@ -459,7 +483,11 @@ impl Collector {
                 upload_state: snapshot.upload_state,
                 error_acks: snapshot.error_acks,
             };
-            let key = partition_key(&self.settings.camera_key_template, &self.settings.device_id, name);
+            let key = partition_key(
+                &self.settings.camera_key_template,
+                &self.settings.device_id,
+                name,
+            );
             let json = serde_json::to_vec(&record).map_err(|e| TelemetryError::NotDelivered {
                 reason: format!("camera record does not serialize: {e}"),
             })?;
@@ -478,7 +506,11 @@ mod tests {
     fn proc_parsers_read_real_formats_and_survive_junk() {
         assert_eq!(
             parse_loadavg("3.63 3.16 1.74 7/126 17903\n"),
-            Some(LoadAverage { one: 3.63, five: 3.16, fifteen: 1.74 })
+            Some(LoadAverage {
+                one: 3.63,
+                five: 3.16,
+                fifteen: 1.74
+            })
         );
         assert_eq!(parse_loadavg("x"), None);
         assert_eq!(
@@ -489,13 +521,18 @@ mod tests {
         let meminfo = "MemTotal:       24684084 kB\nMemFree:        12983668 kB\nMemAvailable:   23693896 kB\n";
         assert_eq!(
             parse_meminfo(meminfo),
-            Some(Memory { total_bytes: 24684084 * 1024, available_bytes: 23693896 * 1024 })
+            Some(Memory {
+                total_bytes: 24684084 * 1024,
+                available_bytes: 23693896 * 1024
+            })
         );
         assert_eq!(parse_meminfo("MemFree: 5 kB"), None);
         assert_eq!(parse_uptime("1665.95 2035.61\n"), Some(1665.95));
         let route = "Iface\tDestination\tGateway\tFlags\nEth0\t00000000\t010200C0\t0003\neth0\t000200C0\t00000000\t0001\n";
         assert!(has_default_route(route));
-        assert!(!has_default_route("Iface\tDestination\tGateway\tFlags\neth0\t000200C0\t00000000\t0001\n"));
+        assert!(!has_default_route(
+            "Iface\tDestination\tGateway\tFlags\neth0\t000200C0\t00000000\t0001\n"
+        ));
     }
 
     #[test]
@@ -509,12 +546,24 @@ mod tests {
         let write = |path: PathBuf, text: &str| std::fs::write(path, text).expect("write");
         write(proc_root.join("loadavg"), "0.50 0.40 0.30 1/100 42\n");
         write(proc_root.join("stat"), "cpu  100 0 100 700 100 0 0 0\n");
-        write(proc_root.join("meminfo"), "MemTotal: 1000 kB\nMemAvailable: 600 kB\n");
+        write(
+            proc_root.join("meminfo"),
+            "MemTotal: 1000 kB\nMemAvailable: 600 kB\n",
+        );
         write(proc_root.join("uptime"), "12.5 20.0\n");
-        write(proc_root.join("net/route"), "Iface Destination Gateway Flags\nwlan0 00000000 0101A8C0 0003\n");
-        write(sys_root.join("class/thermal/thermal_zone0/type"), "acpitz\n");
+        write(
+            proc_root.join("net/route"),
+            "Iface Destination Gateway Flags\nwlan0 00000000 0101A8C0 0003\n",
+        );
+        write(
+            sys_root.join("class/thermal/thermal_zone0/type"),
+            "acpitz\n",
+        );
         write(sys_root.join("class/thermal/thermal_zone0/temp"), "30000\n");
-        write(sys_root.join("class/thermal/thermal_zone1/type"), "cpu-thermal\n");
+        write(
+            sys_root.join("class/thermal/thermal_zone1/type"),
+            "cpu-thermal\n",
+        );
         write(sys_root.join("class/thermal/thermal_zone1/temp"), "48312\n");
         let settings = CollectorSettings {
             proc_root: proc_root.clone(),
@@ -527,12 +576,16 @@ mod tests {
         let t0 = Instant::now();
         counters.frames_captured.fetch_add(30, Ordering::Relaxed);
         counters.bytes_captured.fetch_add(1_000, Ordering::Relaxed);
-        counters.oldest_unacked_unix_ms.store(9_000, Ordering::Relaxed);
+        counters
+            .oldest_unacked_unix_ms
+            .store(9_000, Ordering::Relaxed);
         counters.set_upload_state(UploadState::Streaming);
         let first = collector.collect(t0, 10_000, Some(true)).expect("records");
         assert_eq!(first.len(), 2);
         write(proc_root.join("stat"), "cpu  200 0 200 1400 200 0 0 0\n");
-        counters.bytes_captured.fetch_add(500_000, Ordering::Relaxed);
+        counters
+            .bytes_captured
+            .fetch_add(500_000, Ordering::Relaxed);
         let records = collector
             .collect(t0 + Duration::from_secs(2), 12_000, Some(false))
             .expect("records");

@@ -175,18 +175,51 @@ mod tests {
 
     #[test]
     fn classes_follow_the_reference_table() {
-        assert_eq!(classify_code("ProvisionedThroughputExceededException", 400), ErrorClass::Throttled);
-        assert_eq!(classify_code("ExpiredTokenException", 400), ErrorClass::Credentials);
-        assert_eq!(classify_code("ExpiredTokenException", 403), ErrorClass::Credentials);
-        assert_eq!(classify_code("ResourceNotFoundException", 400), ErrorClass::OperatorFixable);
-        assert_eq!(classify_code("KMSDisabledException", 400), ErrorClass::OperatorFixable);
-        assert_eq!(classify_code("AccessDeniedException", 400), ErrorClass::OperatorFixable);
-        assert_eq!(classify_code("ValidationException", 400), ErrorClass::BadRequest);
-        assert_eq!(classify_code("InvalidArgumentException", 400), ErrorClass::BadRequest);
+        assert_eq!(
+            classify_code("ProvisionedThroughputExceededException", 400),
+            ErrorClass::Throttled
+        );
+        assert_eq!(
+            classify_code("ExpiredTokenException", 400),
+            ErrorClass::Credentials
+        );
+        assert_eq!(
+            classify_code("ExpiredTokenException", 403),
+            ErrorClass::Credentials
+        );
+        assert_eq!(
+            classify_code("ResourceNotFoundException", 400),
+            ErrorClass::OperatorFixable
+        );
+        assert_eq!(
+            classify_code("KMSDisabledException", 400),
+            ErrorClass::OperatorFixable
+        );
+        assert_eq!(
+            classify_code("AccessDeniedException", 400),
+            ErrorClass::OperatorFixable
+        );
+        assert_eq!(
+            classify_code("ValidationException", 400),
+            ErrorClass::BadRequest
+        );
+        assert_eq!(
+            classify_code("InvalidArgumentException", 400),
+            ErrorClass::BadRequest
+        );
         assert_eq!(classify_code("HTTP413", 413), ErrorClass::BadRequest);
-        assert_eq!(classify_code("InternalFailureException", 500), ErrorClass::Transient { ambiguous: true });
-        assert_eq!(classify_code("ServiceUnavailable", 503), ErrorClass::Transient { ambiguous: true });
-        assert_eq!(classify_code("SomethingNew", 400), ErrorClass::Transient { ambiguous: false });
+        assert_eq!(
+            classify_code("InternalFailureException", 500),
+            ErrorClass::Transient { ambiguous: true }
+        );
+        assert_eq!(
+            classify_code("ServiceUnavailable", 503),
+            ErrorClass::Transient { ambiguous: true }
+        );
+        assert_eq!(
+            classify_code("SomethingNew", 400),
+            ErrorClass::Transient { ambiguous: false }
+        );
         let timeout = RequestFailure::Transport {
             operation: "PutRecords",
             sent: true,

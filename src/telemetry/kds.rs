@@ -44,6 +44,26 @@ pub struct ClientSettings {
     pub connect_timeout: Duration,
 }
 
+impl ClientSettings {
+    /// Settings for `region`: the endpoint from `telemetry.endpoint` (`endpoint_override`), else
+    /// `AWS_ENDPOINT_URL_KINESIS` / `AWS_ENDPOINT_URL` from `env`, else the regional endpoint
+    /// (plain http only to loopback); 6 s request and connect timeouts, as the KPL uses.
+    pub fn resolve(
+        region: &str,
+        endpoint_override: Option<&str>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, crate::aws::EndpointError> {
+        let endpoint =
+            crate::aws::resolve_endpoint(Service::Kinesis, region, endpoint_override, env)?;
+        Ok(ClientSettings {
+            endpoint,
+            region: region.to_owned(),
+            request_timeout: Duration::from_secs(6),
+            connect_timeout: Duration::from_secs(6),
+        })
+    }
+}
+
 /// What DescribeStreamSummary says about the stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamSummary {
@@ -226,15 +246,19 @@ impl KdsClient {
     }
 
     /// Sends one signed call; returns the body of a 2xx answer.
-    async fn call(&self, operation: &'static str, body: String) -> Result<bytes::Bytes, RequestFailure> {
-        let credentials = self
-            .credentials
-            .get()
-            .await
-            .map_err(|e| RequestFailure::Credentials {
-                operation,
-                message: e.to_string(),
-            })?;
+    async fn call(
+        &self,
+        operation: &'static str,
+        body: String,
+    ) -> Result<bytes::Bytes, RequestFailure> {
+        let credentials =
+            self.credentials
+                .get()
+                .await
+                .map_err(|e| RequestFailure::Credentials {
+                    operation,
+                    message: e.to_string(),
+                })?;
         let body = body.into_bytes();
         let mut request = http::Request::builder()
             .method(http::Method::POST)
@@ -259,16 +283,24 @@ impl KdsClient {
             message: e.to_string(),
         })?;
         *request.body_mut() = body;
-        let request = reqwest::Request::try_from(request).map_err(|e| RequestFailure::BadResponse {
-            operation,
-            message: format!("converting the request: {e}"),
-        })?;
-        let response = self.http.execute(request).await.map_err(|e| RequestFailure::Transport {
-            operation,
-            sent: !e.is_connect(),
-            message: e.to_string(),
-        })?;
-        if let Some(date) = response.headers().get(http::header::DATE).and_then(|v| v.to_str().ok())
+        let request =
+            reqwest::Request::try_from(request).map_err(|e| RequestFailure::BadResponse {
+                operation,
+                message: format!("converting the request: {e}"),
+            })?;
+        let response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|e| RequestFailure::Transport {
+                operation,
+                sent: !e.is_connect(),
+                message: e.to_string(),
+            })?;
+        if let Some(date) = response
+            .headers()
+            .get(http::header::DATE)
+            .and_then(|v| v.to_str().ok())
         {
             // A bad Date header only means no skew correction from this response.
             let _ = self.skew.learn_from_date(date, SystemTime::now());
@@ -279,11 +311,14 @@ impl KdsClient {
             .get("x-amzn-errortype")
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(':').next().unwrap_or(v).to_owned());
-        let bytes = response.bytes().await.map_err(|e| RequestFailure::Transport {
-            operation,
-            sent: true,
-            message: format!("reading the response body: {e}"),
-        })?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| RequestFailure::Transport {
+                operation,
+                sent: true,
+                message: format!("reading the response body: {e}"),
+            })?;
         if status.is_success() {
             return Ok(bytes);
         }
@@ -296,7 +331,10 @@ impl KdsClient {
             .unwrap_or_else(|| format!("HTTP{}", status.as_u16()));
         let message = parsed
             .and_then(|b| b.message.or(b.message_upper))
-            .unwrap_or_else(|| String::from_utf8_lossy(bytes.get(..200.min(bytes.len())).unwrap_or_default()).into_owned());
+            .unwrap_or_else(|| {
+                String::from_utf8_lossy(bytes.get(..200.min(bytes.len())).unwrap_or_default())
+                    .into_owned()
+            });
         Err(RequestFailure::Service {
             operation,
             status: status.as_u16(),
@@ -317,7 +355,8 @@ impl KdsClient {
                 body.push(',');
             }
             body.push_str("{\"Data\":\"");
-            base64::engine::general_purpose::STANDARD.encode_string(&planned.record.data, &mut body);
+            base64::engine::general_purpose::STANDARD
+                .encode_string(&planned.record.data, &mut body);
             body.push_str("\",\"PartitionKey\":");
             push_json_string(&mut body, &planned.record.partition_key);
             if let Some(key) = planned.record.explicit_hash_key {
@@ -330,26 +369,32 @@ impl KdsClient {
     }
 
     /// PutRecords: one outcome per record, in order.
-    pub async fn put_records(&self, records: &[PlannedRecord<RecordId>]) -> Result<Vec<RecordOutcome>, RequestFailure> {
+    pub async fn put_records(
+        &self,
+        records: &[PlannedRecord<RecordId>],
+    ) -> Result<Vec<RecordOutcome>, RequestFailure> {
         let body = self.put_records_body(records);
         let bytes = self.call("PutRecords", body).await?;
-        let parsed: PutRecordsResponse = serde_json::from_slice(&bytes).map_err(|e| RequestFailure::BadResponse {
-            operation: "PutRecords",
-            message: format!("response body: {e}"),
-        })?;
+        let parsed: PutRecordsResponse =
+            serde_json::from_slice(&bytes).map_err(|e| RequestFailure::BadResponse {
+                operation: "PutRecords",
+                message: format!("response body: {e}"),
+            })?;
         Ok(parsed
             .records
             .into_iter()
-            .map(|entry| match (entry.shard_id, entry.sequence_number, entry.error_code) {
-                (Some(shard_id), Some(sequence_number), None) => RecordOutcome::Stored {
-                    shard_id,
-                    sequence_number,
+            .map(
+                |entry| match (entry.shard_id, entry.sequence_number, entry.error_code) {
+                    (Some(shard_id), Some(sequence_number), None) => RecordOutcome::Stored {
+                        shard_id,
+                        sequence_number,
+                    },
+                    (_, _, code) => RecordOutcome::Failed {
+                        code: code.unwrap_or_else(|| "MissingResult".to_owned()),
+                        message: entry.error_message.unwrap_or_default(),
+                    },
                 },
-                (_, _, code) => RecordOutcome::Failed {
-                    code: code.unwrap_or_else(|| "MissingResult".to_owned()),
-                    message: entry.error_message.unwrap_or_default(),
-                },
-            })
+            )
             .collect())
     }
 
@@ -377,10 +422,11 @@ impl KdsClient {
         }
         body.push('}');
         let bytes = self.call("PutRecord", body).await?;
-        let parsed: PutRecordResponse = serde_json::from_slice(&bytes).map_err(|e| RequestFailure::BadResponse {
-            operation: "PutRecord",
-            message: format!("response body: {e}"),
-        })?;
+        let parsed: PutRecordResponse =
+            serde_json::from_slice(&bytes).map_err(|e| RequestFailure::BadResponse {
+                operation: "PutRecord",
+                message: format!("response body: {e}"),
+            })?;
         Ok(StoredRecord {
             shard_id: parsed.shard_id,
             sequence_number: parsed.sequence_number,
@@ -403,10 +449,11 @@ impl KdsClient {
             }
             body.push_str(",\"MaxResults\":1000}");
             let bytes = self.call("ListShards", body).await?;
-            let page: ListShardsResponse = serde_json::from_slice(&bytes).map_err(|e| RequestFailure::BadResponse {
-                operation: "ListShards",
-                message: format!("response body: {e}"),
-            })?;
+            let page: ListShardsResponse =
+                serde_json::from_slice(&bytes).map_err(|e| RequestFailure::BadResponse {
+                    operation: "ListShards",
+                    message: format!("response body: {e}"),
+                })?;
             for shard in page.shards {
                 let parse = |text: &str| {
                     HashKey::parse_decimal(text).map_err(|e| RequestFailure::BadResponse {
@@ -445,9 +492,14 @@ impl KdsClient {
             })?;
         let summary = parsed.stream_description_summary;
         // The strategy is reported as a string or as {"Type": "..."} depending on the model.
-        let auto_distribution = summary.record_distribution_strategy.as_ref().is_some_and(|v| {
-            v.as_str().or_else(|| v.get("Type").and_then(|t| t.as_str())) == Some("AUTO")
-        });
+        let auto_distribution = summary
+            .record_distribution_strategy
+            .as_ref()
+            .is_some_and(|v| {
+                v.as_str()
+                    .or_else(|| v.get("Type").and_then(|t| t.as_str()))
+                    == Some("AUTO")
+            });
         Ok(StreamSummary {
             status: summary.stream_status,
             open_shard_count: summary.open_shard_count,
@@ -482,14 +534,27 @@ mod tests {
         assert_eq!(parsed, "a\"b\\c\n\u{1}é");
     }
 
+    #[test]
+    fn endpoint_comes_from_config_then_environment_then_region() {
+        let none = |_: &str| None;
+        let regional = ClientSettings::resolve("eu-west-1", None, &none).expect("regional");
+        assert_eq!(regional.endpoint, "https://kinesis.eu-west-1.amazonaws.com");
+        let env = |name: &str| {
+            (name == "AWS_ENDPOINT_URL_KINESIS").then(|| "http://127.0.0.1:4567".to_owned())
+        };
+        let local = ClientSettings::resolve("us-east-1", None, &env).expect("env override");
+        assert_eq!(local.endpoint, "http://127.0.0.1:4567");
+        let configured =
+            ClientSettings::resolve("us-east-1", Some("http://localhost:9"), &env).expect("config");
+        assert_eq!(configured.endpoint, "http://localhost:9");
+        assert!(ClientSettings::resolve("us-east-1", Some("http://10.0.0.1:80"), &none).is_err());
+    }
+
     #[tokio::test]
     async fn put_records_body_is_the_wire_format() {
-        let provider = std::sync::Arc::new(crate::aws::StaticProvider::new(crate::aws::Credentials::new(
-            "AKIDEXAMPLE",
-            "secret",
-            None,
-            None,
-        )));
+        let provider = std::sync::Arc::new(crate::aws::StaticProvider::new(
+            crate::aws::Credentials::new("AKIDEXAMPLE", "secret", None, None),
+        ));
         let client = KdsClient::new(
             &ClientSettings {
                 endpoint: "http://127.0.0.1:1".into(),
@@ -513,7 +578,10 @@ mod tests {
             member_hash_keys: vec![HashKey(42)],
             aggregated: false,
         };
-        let body = client.put_records_body(&[PlannedRecord { record, shard: None }]);
+        let body = client.put_records_body(&[PlannedRecord {
+            record,
+            shard: None,
+        }]);
         let json: serde_json::Value = serde_json::from_str(&body).expect("valid JSON");
         assert_eq!(json["StreamName"], "edge");
         assert_eq!(json["Records"][0]["Data"], "AP9oaQ==");
@@ -521,6 +589,9 @@ mod tests {
         assert_eq!(json["Records"][0]["ExplicitHashKey"], "42");
         // Nothing listens on port 1: a connect failure, so the request was not sent.
         let failure = client.list_shards().await.expect_err("no server");
-        assert!(matches!(failure, RequestFailure::Transport { sent: false, .. }), "{failure}");
+        assert!(
+            matches!(failure, RequestFailure::Transport { sent: false, .. }),
+            "{failure}"
+        );
     }
 }

@@ -7,11 +7,11 @@
 //! to finish and everything unacknowledged stays in the spool for the next start.
 
 use super::TelemetryError;
+use super::errors::RequestFailure;
 use super::kds::KdsClient;
 use super::producer::{Producer, ProducerConfig, ProducerStats, RecordOutcome, RequestId};
 use super::rate_limit::Jitter;
 use super::record::UserRecord;
-use super::errors::RequestFailure;
 use super::shard_map::{ShardDescription, ShardMap};
 use super::spool::{DeadLetterFile, RecordId, Spool, SpoolStats};
 use std::future::Future;
@@ -188,14 +188,19 @@ impl ProducerTask {
     }
 
     /// Runs until `shutdown` resolves, then drains for at most `drain_timeout`.
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<ProducerStats, TelemetryError> {
+    pub async fn run(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<ProducerStats, TelemetryError> {
         match self.client.describe_stream_summary().await {
             Ok(summary) => {
                 tracing::info!(status = %summary.status, shards = ?summary.open_shard_count, "telemetry stream");
                 self.core
                     .apply_stream_settings(summary.max_record_bytes, summary.auto_distribution);
             }
-            Err(error) => tracing::warn!(%error, "DescribeStreamSummary failed; using default limits"),
+            Err(error) => {
+                tracing::warn!(%error, "DescribeStreamSummary failed; using default limits")
+            }
         }
         let mut tasks: JoinSet<Done> = JoinSet::new();
         let mut listing = false;
@@ -229,7 +234,10 @@ impl ProducerTask {
             {
                 break;
             }
-            let wake = self.core.next_wakeup(now).min(now + self.settings.sync_interval);
+            let wake = self
+                .core
+                .next_wakeup(now)
+                .min(now + self.settings.sync_interval);
             let wake = stopping.map_or(wake, |d| wake.min(d));
             tokio::select! {
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
@@ -292,7 +300,11 @@ pub async fn put_record_once(
     loop {
         let now = Instant::now();
         if now >= give_up {
-            let reason = core.stats().last_error.clone().unwrap_or_else(|| "no answer".into());
+            let reason = core
+                .stats()
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "no answer".into());
             return Err(TelemetryError::NotDelivered {
                 reason: format!("gave up after {deadline:?}: {reason}"),
             });

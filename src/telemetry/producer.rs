@@ -159,7 +159,10 @@ struct Pending {
     not_before: Option<Instant>,
     in_flight: bool,
     max_request_records: usize,
-    aggregate: bool,
+    max_aggregate_members: usize,
+    /// Wait for a shard map newer than this generation (its aggregate landed in a shard the
+    /// map did not predict, so re-aggregating with the old map would repeat the mistake).
+    wait_for_map_after: Option<u64>,
 }
 
 struct InFlight {
@@ -185,6 +188,10 @@ pub struct Producer {
     acked: Vec<RecordId>,
     dead: Vec<DeadLetter>,
     refresh_credentials: bool,
+    map_generation: u64,
+    /// A ListShards answer (or failure) was seen: until then requests wait, so the first
+    /// records are aggregated per shard rather than sent raw.
+    map_attempted: bool,
     stats: ProducerStats,
 }
 
@@ -210,6 +217,8 @@ impl Producer {
             acked: Vec::new(),
             dead: Vec::new(),
             refresh_credentials: false,
+            map_generation: 0,
+            map_attempted: false,
             stats: ProducerStats::default(),
         }
     }
@@ -221,14 +230,21 @@ impl Producer {
 
     /// Applies what DescribeStreamSummary said: the stream's maximum record size, and whether
     /// the service distributes records itself (then aggregation is turned off, with a warning).
-    pub fn apply_stream_settings(&mut self, max_record_bytes: Option<usize>, auto_distribution: bool) {
+    pub fn apply_stream_settings(
+        &mut self,
+        max_record_bytes: Option<usize>,
+        auto_distribution: bool,
+    ) {
         if let Some(max) = max_record_bytes {
             self.config.limits.max_record_bytes = max.clamp(
                 super::record::MIN_STREAM_MAX_RECORD_BYTES,
                 super::record::MAX_STREAM_MAX_RECORD_BYTES,
             );
-            self.config.limits.max_request_bytes =
-                self.config.limits.max_request_bytes.max(self.config.limits.max_record_bytes);
+            self.config.limits.max_request_bytes = self
+                .config
+                .limits
+                .max_request_bytes
+                .max(self.config.limits.max_record_bytes);
         }
         if auto_distribution && self.config.limits.aggregation {
             tracing::warn!(
@@ -267,7 +283,8 @@ impl Producer {
                 not_before: None,
                 in_flight: false,
                 max_request_records,
-                aggregate: true,
+                max_aggregate_members: usize::MAX,
+                wait_for_map_after: None,
             },
         ) {
             self.pending_bytes -= previous.record.raw_bytes();
@@ -284,11 +301,14 @@ impl Producer {
         let open: std::collections::HashSet<&str> = map.shards().iter().map(|s| &*s.id).collect();
         self.limiters.retain(|id, _| open.contains(&**id));
         self.map = map;
+        self.map_generation += 1;
+        self.map_attempted = true;
         self.refresh.succeeded(now);
     }
 
     /// A ListShards refresh failed: retry later with backoff.
     pub fn shard_map_refresh_failed(&mut self, now: Instant) {
+        self.map_attempted = true;
         self.refresh.failed(now);
     }
 
@@ -369,7 +389,7 @@ impl Producer {
             }
             self.paused = None;
         }
-        if !self.backoff.is_ready(now) {
+        if !self.backoff.is_ready(now) || !self.map_attempted {
             return None;
         }
         if !self.flushing && !self.linger_over(now) {
@@ -384,18 +404,27 @@ impl Producer {
             let Some(entry) = self.pending.get(&id) else {
                 continue;
             };
-            let shard = self.map.shard_for(entry.record.hash_key()).map(|s| s.id.clone());
+            let shard = self
+                .map
+                .shard_for(entry.record.hash_key())
+                .map(|s| s.id.clone());
             if blocked.contains_key(&shard) {
                 continue;
             }
-            let not_ready = entry.in_flight || entry.not_before.is_some_and(|t| t > now);
+            let not_ready = entry.in_flight
+                || entry.not_before.is_some_and(|t| t > now)
+                || entry
+                    .wait_for_map_after
+                    .is_some_and(|g| g >= self.map_generation);
             if not_ready {
                 if self.config.strict_ordering {
                     blocked.insert(shard, ());
                 }
                 continue;
             }
-            if self.config.strict_ordering && self.shards_in_flight.get(&shard).is_some_and(|&n| n > 0) {
+            if self.config.strict_ordering
+                && self.shards_in_flight.get(&shard).is_some_and(|&n| n > 0)
+            {
                 blocked.insert(shard, ());
                 continue;
             }
@@ -410,8 +439,16 @@ impl Producer {
             let Some(entry) = self.pending.get(&id) else {
                 continue;
             };
-            let (aggregate, max_records) = (entry.aggregate, entry.max_request_records);
-            match builder.offer(shard.as_ref(), budget, id, &entry.record, aggregate, max_records) {
+            let (aggregate_cap, max_records) =
+                (entry.max_aggregate_members, entry.max_request_records);
+            match builder.offer(
+                shard.as_ref(),
+                budget,
+                id,
+                &entry.record,
+                aggregate_cap,
+                max_records,
+            ) {
                 Offer::Added => {}
                 Offer::ShardFull => {
                     blocked.insert(shard, ());
@@ -421,7 +458,10 @@ impl Producer {
                         blocked.insert(shard, ());
                     }
                 }
-                Offer::RequestFull => break,
+                Offer::RequestFull => {
+                    // Records joining aggregates already open may still fit.
+                    blocked.insert(shard, ());
+                }
                 Offer::TooLarge => too_large.push(id),
             }
         }
@@ -439,12 +479,15 @@ impl Producer {
         }
         let (records, totals) = builder.finish();
         let mut shards = Vec::with_capacity(totals.len());
-        for (shard, count, bytes) in totals {
-            if let Some(limiter) = shard.as_ref().and_then(|s| self.limiters.get_mut(s)) {
-                limiter.take(count, bytes, now);
+        for total in totals {
+            if let Some(limiter) = total.shard.as_ref().and_then(|s| self.limiters.get_mut(s)) {
+                limiter.take(total.records, total.bytes, now);
             }
-            *self.shards_in_flight.entry(shard.clone()).or_insert(0) += 1;
-            shards.push(shard);
+            *self
+                .shards_in_flight
+                .entry(total.shard.clone())
+                .or_insert(0) += 1;
+            shards.push(total.shard);
         }
         for planned in &records {
             for member in &planned.record.members {
@@ -475,6 +518,7 @@ impl Producer {
         }
         self.pending.values().any(|p| {
             !p.in_flight
+                && p.wait_for_map_after.is_none_or(|g| g < self.map_generation)
                 && if p.attempts > 0 {
                     p.not_before.is_none_or(|t| t <= now)
                 } else {
@@ -485,28 +529,33 @@ impl Producer {
 
     /// When the driver should call [`Producer::poll_request`] again at the latest.
     pub fn next_wakeup(&self, now: Instant) -> Instant {
-        let idle = now + Duration::from_secs(3600);
-        let mut wake = self.refresh.due_at(now).max(now);
-        if self.pending.values().all(|p| p.in_flight) {
-            return wake.min(idle);
-        }
-        let mut candidates = vec![now + Duration::from_millis(25)];
+        let mut wake = self
+            .refresh
+            .due_at(now)
+            .max(now)
+            .min(now + Duration::from_secs(3600));
         if let Some((until, _)) = &self.paused {
-            candidates.push(*until);
-        } else if let Some(at) = self.backoff.ready_at() {
-            candidates.push(at);
-        } else {
-            for p in self.pending.values().filter(|p| !p.in_flight) {
-                let at = match p.not_before {
-                    Some(t) => t,
-                    None => p.added + self.config.linger,
-                };
-                candidates.push(at.max(now));
-                break;
-            }
+            return wake.min((*until).max(now));
         }
-        if let Some(earliest) = candidates.into_iter().max() {
-            wake = wake.min(earliest);
+        if let Some(at) = self.backoff.ready_at() {
+            return wake.min(at.max(now));
+        }
+        let earliest = self
+            .pending
+            .values()
+            .filter(|p| {
+                !p.in_flight && p.wait_for_map_after.is_none_or(|g| g < self.map_generation)
+            })
+            .map(|p| match (p.not_before, p.attempts) {
+                (Some(at), _) => at,
+                (None, 0) => p.added + self.config.linger,
+                (None, _) => now,
+            })
+            .min();
+        if let Some(earliest) = earliest {
+            // A ready record may still wait for tokens or for a request slot: poll again soon,
+            // but not in a tight loop.
+            wake = wake.min(earliest.max(now + Duration::from_millis(10)));
         }
         wake
     }
@@ -586,7 +635,11 @@ impl Producer {
                     }
                     let all_inside = !planned.record.aggregated
                         || self.map.get(&shard_id).is_some_and(|shard| {
-                            planned.record.member_hash_keys.iter().all(|&k| shard.contains(k))
+                            planned
+                                .record
+                                .member_hash_keys
+                                .iter()
+                                .all(|&k| shard.contains(k))
                         });
                     if all_inside {
                         self.stats.kinesis_records_stored += 1;
@@ -597,10 +650,15 @@ impl Producer {
                             self.deliver(id);
                         }
                     } else {
-                        // Stored, but a KCL consumer would discard it: send every member again.
+                        // Stored, but a KCL consumer would discard it: send every member again,
+                        // once the shard map was refreshed.
                         self.stats.wrong_shard_resends += members.len() as u64;
+                        self.refresh.request();
                         for &id in members {
                             self.retry(id, None);
+                            if let Some(entry) = self.pending.get_mut(&id) {
+                                entry.wait_for_map_after = Some(self.map_generation);
+                            }
                         }
                     }
                 }
@@ -614,7 +672,10 @@ impl Producer {
                         })
                     } else {
                         self.stats.internal_failures += members.len() as u64;
-                        let delay = self.config.retry_base.mul_f64(1.0 + self.jitter.next_unit());
+                        let delay = self
+                            .config
+                            .retry_base
+                            .mul_f64(1.0 + self.jitter.next_unit());
                         Some(now + delay)
                     };
                     self.stats.last_error = Some(format!("{code}: {message}"));
@@ -684,9 +745,11 @@ impl Producer {
                         }
                     }
                 } else if members.len() > 1 {
+                    // One aggregate was refused: split it in halves, each in a request alone.
+                    let half = (members.len() / 2).max(1);
                     for &id in &members {
                         if let Some(entry) = self.pending.get_mut(&id) {
-                            entry.aggregate = false;
+                            entry.max_aggregate_members = entry.max_aggregate_members.min(half);
                             entry.max_request_records = 1;
                         }
                     }
@@ -744,7 +807,11 @@ mod tests {
         plan.records
             .iter()
             .map(|p| RecordOutcome::Stored {
-                shard_id: p.shard.as_deref().unwrap_or("shardId-000000000000").to_owned(),
+                shard_id: p
+                    .shard
+                    .as_deref()
+                    .unwrap_or("shardId-000000000000")
+                    .to_owned(),
                 sequence_number: "1".into(),
             })
             .collect()
@@ -818,7 +885,11 @@ mod tests {
         // Throttled shards back off: nothing at once, the failed ones later.
         let later = t0 + Duration::from_secs(11);
         let retry = p.poll_request(later).expect("retry");
-        let mut resent: Vec<RecordId> = retry.records.iter().flat_map(|r| r.record.members.clone()).collect();
+        let mut resent: Vec<RecordId> = retry
+            .records
+            .iter()
+            .flat_map(|r| r.record.members.clone())
+            .collect();
         resent.sort_unstable();
         let mut failed = failed;
         failed.sort_unstable();
@@ -829,6 +900,7 @@ mod tests {
     fn wrong_shard_aggregate_is_resent_in_full_and_raw_records_are_kept() {
         let t0 = Instant::now();
         let mut p = producer(ProducerConfig::default(), t0);
+        let generation = p.map_generation;
         // Two keys of shard 0 aggregate together.
         let keys: Vec<String> = (0..200)
             .map(|i| format!("k{i}"))
@@ -852,6 +924,11 @@ mod tests {
         assert!(p.take_acked().is_empty());
         assert_eq!(p.stats().wrong_shard_resends, 2);
         assert!(p.shard_map_refresh_due(t0));
+        // The members wait for a fresh map before going again.
+        assert!(p.poll_request(t0 + Duration::from_secs(1)).is_none());
+        p.set_shard_map(two_shards(), t0 + Duration::from_secs(1));
+        assert_eq!(p.map_generation, generation + 1);
+        assert!(p.poll_request(t0 + Duration::from_secs(1)).is_some());
     }
 
     #[test]
@@ -883,7 +960,11 @@ mod tests {
         };
         let mut now = t1;
         while let Some(plan) = p.poll_request(now) {
-            let members: Vec<RecordId> = plan.records.iter().flat_map(|r| r.record.members.clone()).collect();
+            let members: Vec<RecordId> = plan
+                .records
+                .iter()
+                .flat_map(|r| r.record.members.clone())
+                .collect();
             if members.contains(&1) {
                 rejected += 1;
                 p.on_failure(plan.id, &invalid, now);
@@ -898,7 +979,10 @@ mod tests {
         let dead = p.take_dead_letters();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead.first().map(|d| d.id), Some(1));
-        assert!(dead.first().is_some_and(|d| d.reason.contains("ValidationException")));
+        assert!(
+            dead.first()
+                .is_some_and(|d| d.reason.contains("ValidationException"))
+        );
     }
 
     #[test]
@@ -919,7 +1003,10 @@ mod tests {
         p.flush(true);
         let first = p.poll_request(t0).expect("first");
         assert_eq!(first.records.len(), 1);
-        assert!(p.poll_request(t0).is_none(), "the shard has a request in flight");
+        assert!(
+            p.poll_request(t0).is_none(),
+            "the shard has a request in flight"
+        );
         p.on_failure(
             first.id,
             &RequestFailure::Transport {
@@ -932,7 +1019,10 @@ mod tests {
         assert_eq!(p.stats().ambiguous_records, 1);
         let later = t0 + Duration::from_secs(1);
         let again = p.poll_request(later).expect("retry");
-        assert_eq!(again.records.first().map(|r| r.record.members.clone()), Some(vec![0]));
+        assert_eq!(
+            again.records.first().map(|r| r.record.members.clone()),
+            Some(vec![0])
+        );
     }
 
     #[test]

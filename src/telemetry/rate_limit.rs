@@ -214,8 +214,14 @@ impl ShardLimiter {
     /// record larger than the bucket may go once the bucket is full.
     pub fn allows(&mut self, records: usize, bytes: usize, now: Instant) -> bool {
         self.backoff.is_ready(now)
-            && self.records.wait_for(records as f64, now, self.factor).is_zero()
-            && self.bytes.wait_for(bytes as f64, now, self.factor).is_zero()
+            && self
+                .records
+                .wait_for(records as f64, now, self.factor)
+                .is_zero()
+            && self
+                .bytes
+                .wait_for(bytes as f64, now, self.factor)
+                .is_zero()
     }
 
     /// What the shard may send at `now`: whole tokens left, and whether both buckets are full.
@@ -320,7 +326,10 @@ mod tests {
         for n in 0..10u32 {
             let delay = backoff.fail(t0, &mut jitter);
             let ceiling = (Duration::from_millis(100) * 2u32.pow(n)).min(Duration::from_secs(2));
-            assert!(delay >= ceiling / 2 && delay <= ceiling, "attempt {n}: {delay:?}");
+            assert!(
+                delay >= ceiling / 2 && delay <= ceiling,
+                "attempt {n}: {delay:?}"
+            );
             assert!(ceiling >= previous_ceiling);
             previous_ceiling = ceiling;
         }

@@ -31,7 +31,9 @@ pub enum RecordError {
     #[error("partition key is empty (Kinesis requires 1 to 256 characters)")]
     EmptyPartitionKey,
     /// The partition key is longer than 256 characters.
-    #[error("partition key {key_prefix:?}… has {chars} characters, more than the 256 Kinesis allows")]
+    #[error(
+        "partition key {key_prefix:?}… has {chars} characters, more than the 256 Kinesis allows"
+    )]
     PartitionKeyTooLong {
         /// The first characters of the key, to find it.
         key_prefix: String,
@@ -212,7 +214,13 @@ mod tests {
         let max = u128::MAX.to_string();
         assert_eq!(HashKey::parse_decimal(&max), Ok(HashKey(u128::MAX)));
         assert_eq!(HashKey(u128::MAX).to_string(), max);
-        for bad in ["", "01", "-1", "1a", "340282366920938463463374607431768211456"] {
+        for bad in [
+            "",
+            "01",
+            "-1",
+            "1a",
+            "340282366920938463463374607431768211456",
+        ] {
             assert!(HashKey::parse_decimal(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -235,7 +243,11 @@ mod tests {
         assert!(UserRecord::new("ab", None, Bytes::from(vec![0u8; 8]), 10).is_ok());
         assert!(matches!(
             UserRecord::new("ab", None, Bytes::from(vec![0u8; 9]), 10),
-            Err(RecordError::TooLarge { bytes: 11, limit: 10, .. })
+            Err(RecordError::TooLarge {
+                bytes: 11,
+                limit: 10,
+                ..
+            })
         ));
     }
 }

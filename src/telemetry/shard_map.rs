@@ -145,7 +145,12 @@ impl ShardMap {
     /// Whether a response that stored records in `actual` (for which `predicted` was expected)
     /// means the map is out of date: the actual shard is unknown, or closed in our view, or
     /// does not contain the record's hash key.
-    pub fn response_shows_change(&self, predicted: Option<&str>, actual: &str, key: HashKey) -> bool {
+    pub fn response_shows_change(
+        &self,
+        predicted: Option<&str>,
+        actual: &str,
+        key: HashKey,
+    ) -> bool {
         if predicted == Some(actual) {
             return false;
         }
@@ -255,9 +260,21 @@ mod tests {
         assert_eq!(id(half).as_deref(), Some("shardId-000000000002"));
         assert_eq!(id(u128::MAX).as_deref(), Some("shardId-000000000002"));
         assert!(map.is_closed("shardId-000000000000"));
-        assert!(!map.response_shows_change(Some("shardId-000000000001"), "shardId-000000000001", HashKey(5)));
-        assert!(map.response_shows_change(Some("shardId-000000000001"), "shardId-000000000003", HashKey(5)));
-        assert!(map.response_shows_change(Some("shardId-000000000001"), "shardId-000000000002", HashKey(5)));
+        assert!(!map.response_shows_change(
+            Some("shardId-000000000001"),
+            "shardId-000000000001",
+            HashKey(5)
+        ));
+        assert!(map.response_shows_change(
+            Some("shardId-000000000001"),
+            "shardId-000000000003",
+            HashKey(5)
+        ));
+        assert!(map.response_shows_change(
+            Some("shardId-000000000001"),
+            "shardId-000000000002",
+            HashKey(5)
+        ));
     }
 
     #[test]

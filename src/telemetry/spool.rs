@@ -170,7 +170,10 @@ fn segment_path(dir: &Path, first_id: RecordId) -> PathBuf {
 }
 
 fn parse_segment_name(name: &str) -> Option<RecordId> {
-    name.strip_prefix("seg-")?.strip_suffix(".log")?.parse().ok()
+    name.strip_prefix("seg-")?
+        .strip_suffix(".log")?
+        .parse()
+        .ok()
 }
 
 /// Encodes one frame into `out` (cleared first).
@@ -193,9 +196,11 @@ fn encode_frame(out: &mut Vec<u8>, id: RecordId, accepted_unix_ms: u64, record: 
     out.extend_from_slice(record.data());
     let payload_len = (out.len() - FRAME_HEADER) as u32;
     let crc = crc32c::crc32c(out.get(FRAME_HEADER..).unwrap_or_default());
-    if let Some(header) = out.get_mut(..FRAME_HEADER) {
-        header[..4].copy_from_slice(&payload_len.to_le_bytes());
-        header[4..].copy_from_slice(&crc.to_le_bytes());
+    if let Some(length) = out.get_mut(..4) {
+        length.copy_from_slice(&payload_len.to_le_bytes());
+    }
+    if let Some(checksum) = out.get_mut(4..FRAME_HEADER) {
+        checksum.copy_from_slice(&crc.to_le_bytes());
     }
 }
 
@@ -226,7 +231,7 @@ fn read_frame(file: &File, offset: u64, file_len: u64) -> io::Result<FrameRead> 
     let [l0, l1, l2, l3, c0, c1, c2, c3] = header;
     let payload_len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
     let crc = u32::from_le_bytes([c0, c1, c2, c3]);
-    if payload_len > MAX_PAYLOAD || payload_len < 8 + 8 + 1 + 2 {
+    if !(8 + 8 + 1 + 2..=MAX_PAYLOAD).contains(&payload_len) {
         return Ok(FrameRead::Damaged {
             reason: "impossible frame length",
             skip_to: None,
@@ -258,7 +263,9 @@ fn read_frame(file: &File, offset: u64, file_len: u64) -> io::Result<FrameRead> 
 
 fn decode_payload(payload: Bytes) -> Option<SpooledRecord> {
     let u64_at = |at: usize| -> Option<u64> {
-        Some(u64::from_le_bytes(payload.get(at..at + 8)?.try_into().ok()?))
+        Some(u64::from_le_bytes(
+            payload.get(at..at + 8)?.try_into().ok()?,
+        ))
     };
     let id = u64_at(0)?;
     let accepted_unix_ms = u64_at(8)?;
@@ -273,7 +280,9 @@ fn decode_payload(payload: Bytes) -> Option<SpooledRecord> {
     };
     let key_len = u16::from_le_bytes(payload.get(at..at + 2)?.try_into().ok()?) as usize;
     at += 2;
-    let key = std::str::from_utf8(payload.get(at..at + key_len)?).ok()?.to_owned();
+    let key = std::str::from_utf8(payload.get(at..at + key_len)?)
+        .ok()?
+        .to_owned();
     at += key_len;
     let data = payload.slice(at..);
     let record = UserRecord::with_valid_key(key, explicit_hash_key, data).ok()?;
@@ -414,7 +423,8 @@ impl Spool {
                         skip_to: Some(next),
                         ..
                     } = bad
-                        && let Ok(FrameRead::Record(following, _)) = read_frame(&file, next, file_len)
+                        && let Ok(FrameRead::Record(following, _)) =
+                            read_frame(&file, next, file_len)
                         && following.id > end_id
                     {
                         tracing::warn!(path = %path.display(), offset, reason, "spool: skipped a damaged record");
@@ -447,7 +457,10 @@ impl Spool {
         let count = usize::try_from(end_id - first_id).unwrap_or(0);
         let mut acked = vec![false; count];
         for id in &lost_ids {
-            if let Some(slot) = usize::try_from(id - first_id).ok().and_then(|i| acked.get_mut(i)) {
+            if let Some(slot) = usize::try_from(id - first_id)
+                .ok()
+                .and_then(|i| acked.get_mut(i))
+            {
                 *slot = true;
             }
         }
@@ -463,7 +476,11 @@ impl Spool {
 
     /// Appends an accepted record and returns its id. Drops the oldest segments first if the
     /// budget requires it (counted in [`SpoolStats::dropped_records`]).
-    pub fn append(&mut self, record: &UserRecord, accepted_unix_ms: u64) -> Result<RecordId, SpoolError> {
+    pub fn append(
+        &mut self,
+        record: &UserRecord,
+        accepted_unix_ms: u64,
+    ) -> Result<RecordId, SpoolError> {
         let id = self.next_id;
         let mut frame = std::mem::take(&mut self.scratch);
         encode_frame(&mut frame, id, accepted_unix_ms, record);
@@ -492,8 +509,14 @@ impl Spool {
         while self.total_bytes() + frame_len > self.config.max_bytes && self.segments.len() > 1 {
             self.drop_oldest()?;
         }
-        let path = self.segments.back().map(|s| s.path.clone()).unwrap_or_default();
-        self.active.write_all(frame).map_err(io_error("append to", &path))?;
+        let path = self
+            .segments
+            .back()
+            .map(|s| s.path.clone())
+            .unwrap_or_default();
+        self.active
+            .write_all(frame)
+            .map_err(io_error("append to", &path))?;
         if self.config.sync_each_append {
             self.active.sync_data().map_err(io_error("sync", &path))?;
         }
@@ -514,6 +537,11 @@ impl Spool {
             .append(true)
             .open(&path)
             .map_err(io_error("create", &path))?;
+        // The new file's directory entry must survive a power cut too.
+        let dir = &self.config.dir;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error("sync directory", dir))?;
         self.segments.push_back(Segment {
             first_id: self.next_id,
             end_id: self.next_id,
@@ -642,7 +670,11 @@ impl Spool {
 
     /// Reads unacknowledged records after the last one read, oldest first, up to `max_records`
     /// and about `max_bytes` of data (at least one record when any is waiting).
-    pub fn read_next(&mut self, max_records: usize, max_bytes: usize) -> Result<Vec<SpooledRecord>, SpoolError> {
+    pub fn read_next(
+        &mut self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<SpooledRecord>, SpoolError> {
         let mut out = Vec::new();
         let mut bytes = 0;
         while out.len() < max_records && (out.is_empty() || bytes < max_bytes) {
@@ -660,7 +692,8 @@ impl Spool {
                     offset: 0,
                 };
             }
-            let (first_id, seg_bytes, path) = (segment.first_id, segment.bytes, segment.path.clone());
+            let (first_id, seg_bytes, path) =
+                (segment.first_id, segment.bytes, segment.path.clone());
             if self.reader.as_ref().is_none_or(|(id, _)| *id != first_id) {
                 let file = File::open(&path).map_err(io_error("open", &path))?;
                 self.reader = Some((first_id, file));
@@ -668,14 +701,19 @@ impl Spool {
             let Some((_, file)) = self.reader.as_ref() else {
                 break;
             };
-            match read_frame(file, self.cursor.offset, seg_bytes).map_err(io_error("read", &path))? {
+            match read_frame(file, self.cursor.offset, seg_bytes)
+                .map_err(io_error("read", &path))?
+            {
                 FrameRead::Record(record, next) => {
                     self.cursor.offset = next;
                     if record.id < self.cursor.id {
                         continue;
                     }
                     self.cursor.id = record.id + 1;
-                    let acked = self.segments.get(index).is_none_or(|s| s.is_acked(record.id));
+                    let acked = self
+                        .segments
+                        .get(index)
+                        .is_none_or(|s| s.is_acked(record.id));
                     if !acked {
                         bytes += record.record.raw_bytes();
                         out.push(*record);
@@ -690,7 +728,10 @@ impl Spool {
                 }
                 FrameRead::End | FrameRead::Damaged { .. } => {
                     // The segment ended (or its readable part did): go to the next one.
-                    let end = self.segments.get(index).map_or(self.cursor.id, |s| s.end_id);
+                    let end = self
+                        .segments
+                        .get(index)
+                        .map_or(self.cursor.id, |s| s.end_id);
                     if end == self.cursor.id && index + 1 == self.segments.len() {
                         break;
                     }
@@ -703,9 +744,15 @@ impl Spool {
 
     /// Flushes appended records and acks to the disk.
     pub fn sync(&mut self) -> Result<(), SpoolError> {
-        let path = self.segments.back().map(|s| s.path.clone()).unwrap_or_default();
+        let path = self
+            .segments
+            .back()
+            .map(|s| s.path.clone())
+            .unwrap_or_default();
         self.active.sync_data().map_err(io_error("sync", &path))?;
-        self.acks.sync_data().map_err(io_error("sync", &self.acks_path))
+        self.acks
+            .sync_data()
+            .map_err(io_error("sync", &self.acks_path))
     }
 
     /// Current counters.
@@ -758,7 +805,13 @@ impl DeadLetterFile {
     }
 
     /// Appends one line: time, id, key, explicit hash key, base64 data, reason.
-    pub fn append(&mut self, id: RecordId, record: &UserRecord, reason: &str, unix_ms: u64) -> Result<(), SpoolError> {
+    pub fn append(
+        &mut self,
+        id: RecordId,
+        record: &UserRecord,
+        reason: &str,
+        unix_ms: u64,
+    ) -> Result<(), SpoolError> {
         use base64::Engine as _;
         let line = serde_json::json!({
             "time_unix_ms": unix_ms,
@@ -818,13 +871,19 @@ mod tests {
             .expect("valid");
         let mut ids = Vec::new();
         for i in 0..100u32 {
-            ids.push(spool.append(&record(&format!("key-{i}"), &i.to_le_bytes()), 1000 + u64::from(i))?);
+            ids.push(spool.append(
+                &record(&format!("key-{i}"), &i.to_le_bytes()),
+                1000 + u64::from(i),
+            )?);
         }
         ids.push(spool.append(&ehk, 5)?);
         assert_eq!(ids.first(), Some(&0));
         let first = spool.read_next(10, usize::MAX)?;
         assert_eq!(first.len(), 10);
-        assert_eq!(first.first().map(|r| r.record.partition_key()), Some("key-0"));
+        assert_eq!(
+            first.first().map(|r| r.record.partition_key()),
+            Some("key-0")
+        );
         spool.ack(&ids[..50])?;
         drop(spool);
 
@@ -832,7 +891,10 @@ mod tests {
         assert_eq!(spool.stats().pending_records, 51);
         assert_eq!(spool.stats().recovered_records, 51);
         let rest = spool.read_next(1000, usize::MAX)?;
-        assert_eq!(rest.iter().map(|r| r.id).collect::<Vec<_>>(), ids[50..].to_vec());
+        assert_eq!(
+            rest.iter().map(|r| r.id).collect::<Vec<_>>(),
+            ids[50..].to_vec()
+        );
         assert_eq!(rest.first().map(|r| r.accepted_unix_ms), Some(1050));
         assert_eq!(rest.last().map(|r| r.record.clone()), Some(ehk));
         spool.ack(&ids[50..])?;
@@ -857,11 +919,14 @@ mod tests {
         // A crash mid-write: half a frame at the end.
         let mut bytes = fs::read(&path).map_err(io_error("read", &path))?;
         let good_len = bytes.len();
-        bytes.extend_from_slice(&bytes[..60].to_vec());
+        bytes.extend_from_within(..60);
         fs::write(&path, &bytes).map_err(io_error("write", &path))?;
         let mut spool = Spool::open(config(dir.path(), 1 << 20))?;
         assert_eq!(spool.stats().truncated_tail_bytes, 60);
-        assert_eq!(fs::metadata(&path).map_err(io_error("stat", &path))?.len(), good_len as u64);
+        assert_eq!(
+            fs::metadata(&path).map_err(io_error("stat", &path))?.len(),
+            good_len as u64
+        );
         assert_eq!(spool.read_next(100, usize::MAX)?.len(), 5);
         // Appending after recovery continues the id sequence.
         assert_eq!(spool.append(&record("k", b"new"), 0)?, 5);
@@ -875,8 +940,16 @@ mod tests {
         fs::write(&path, &bytes).map_err(io_error("write", &path))?;
         let mut spool = Spool::open(config(dir.path(), 1 << 20))?;
         assert_eq!(spool.stats().corrupt_records, 1);
-        let ids: Vec<_> = spool.read_next(100, usize::MAX)?.iter().map(|r| r.id).collect();
-        assert_eq!(ids, vec![0, 1, 3, 4, 5], "the damaged record alone is skipped");
+        let ids: Vec<_> = spool
+            .read_next(100, usize::MAX)?
+            .iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(
+            ids,
+            vec![0, 1, 3, 4, 5],
+            "the damaged record alone is skipped"
+        );
         assert_eq!(spool.stats().pending_records, 5);
         Ok(())
     }
@@ -923,8 +996,13 @@ mod tests {
             })
             .count();
         assert_eq!(segments, 1, "only the active segment is kept");
-        let acks = fs::metadata(dir.path().join("acks.log")).map_err(io_error("stat", dir.path()))?;
-        assert!(acks.len() < 9000 * ACK_FRAME as u64, "acks compacted: {}", acks.len());
+        let acks =
+            fs::metadata(dir.path().join("acks.log")).map_err(io_error("stat", dir.path()))?;
+        assert!(
+            acks.len() < 9000 * ACK_FRAME as u64,
+            "acks compacted: {}",
+            acks.len()
+        );
         assert_eq!(spool.stats().pending_records, 0);
         Ok(())
     }
@@ -934,11 +1012,15 @@ mod tests {
         let dir = tempfile::tempdir().map_err(io_error("tempdir", Path::new("/tmp")))?;
         let path = dir.path().join("dead.jsonl");
         let mut dead = DeadLetterFile::open(&path, 1 << 20)?;
-        dead.append(4, &record("key", b"\x00\x01"), "ValidationException: too big", 7)?;
+        dead.append(
+            4,
+            &record("key", b"\x00\x01"),
+            "ValidationException: too big",
+            7,
+        )?;
         let text = fs::read_to_string(&path).map_err(io_error("read", &path))?;
-        let line: serde_json::Value = serde_json::from_str(text.trim()).map_err(|e| {
-            SpoolError::Config(e.to_string())
-        })?;
+        let line: serde_json::Value =
+            serde_json::from_str(text.trim()).map_err(|e| SpoolError::Config(e.to_string()))?;
         assert_eq!(line["reason"], "ValidationException: too big");
         assert_eq!(line["partition_key"], "key");
         assert_eq!(line["data_base64"], "AAE=");

@@ -21,7 +21,10 @@ pub fn script() -> PathBuf {
 /// A port nobody listens on right now.
 pub fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
-    listener.local_addr().map(|a| a.port()).map_err(|e| format!("local_addr: {e}"))
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| format!("local_addr: {e}"))
 }
 
 /// A server process killed (SIGKILL) and reaped on drop.
@@ -44,7 +47,12 @@ impl Drop for ExternalServer {
     }
 }
 
-fn wait_for_port(child: &mut Child, name: &str, port: u16, timeout: Duration) -> Result<(), String> {
+fn wait_for_port(
+    child: &mut Child,
+    name: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     while Instant::now() < deadline {
@@ -56,7 +64,9 @@ fn wait_for_port(child: &mut Child, name: &str, port: u16, timeout: Duration) ->
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Err(format!("{name} did not open port {port} within {timeout:?}"))
+    Err(format!(
+        "{name} did not open port {port} within {timeout:?}"
+    ))
 }
 
 fn python_has(modules: &str) -> bool {
@@ -91,7 +101,10 @@ pub fn ensure_python(modules: &str, packages: &[&str]) -> Result<(), String> {
 
 /// Python with boto3 and aws-kinesis-agg, for reading back and de-aggregating.
 pub fn ensure_aggregation_tools() -> Result<(), String> {
-    ensure_python("aws_kinesis_agg.deaggregator, boto3", &["aws-kinesis-agg", "boto3"])
+    ensure_python(
+        "aws_kinesis_agg.deaggregator, boto3",
+        &["aws-kinesis-agg", "boto3"],
+    )
 }
 
 /// Starts `moto_server` on a free port (installing `moto[server]` if needed).
@@ -99,7 +112,14 @@ pub fn start_moto() -> Result<ExternalServer, String> {
     ensure_python("moto.server, flask", &["moto[server]"])?;
     let port = free_port()?;
     let mut child = Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -186,7 +206,12 @@ pub fn credentials() -> CredentialsCache {
 }
 
 /// A client for `stream` at `endpoint` with a short request timeout.
-pub fn client_with(endpoint: &str, stream: &str, credentials: CredentialsCache, timeout: Duration) -> KdsClient {
+pub fn client_with(
+    endpoint: &str,
+    stream: &str,
+    credentials: CredentialsCache,
+    timeout: Duration,
+) -> KdsClient {
     KdsClient::new(
         &ClientSettings {
             endpoint: endpoint.to_owned(),
@@ -253,7 +278,9 @@ pub fn deaggregate_with_python(records: &[(String, Vec<u8>)]) -> Vec<(bool, Vec<
     let writer = std::thread::spawn(move || {
         let _ = stdin.write_all(input.as_bytes());
     });
-    let output = child.wait_with_output().unwrap_or_else(|e| panic!("script failed: {e}"));
+    let output = child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("script failed: {e}"));
     let _ = writer.join();
     assert!(
         output.status.success(),
@@ -263,8 +290,12 @@ pub fn deaggregate_with_python(records: &[(String, Vec<u8>)]) -> Vec<(bool, Vec<
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|line| {
-            let value: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("bad line {line}: {e}"));
-            let subs = value["records"].as_array().map(|a| a.iter().map(sub_from_json).collect()).unwrap_or_default();
+            let value: Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("bad line {line}: {e}"));
+            let subs = value["records"]
+                .as_array()
+                .map(|a| a.iter().map(sub_from_json).collect())
+                .unwrap_or_default();
             (value["aggregated"].as_bool().unwrap_or(false), subs)
         })
         .collect()
@@ -299,8 +330,13 @@ pub fn read_back(endpoint: &str, stream: &str) -> (Vec<ShardInfo>, Vec<ReadRecor
         "readback failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let value: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("readback output: {e}"));
-    let parse = |v: &Value| v.as_str().and_then(|s| s.parse::<u128>().ok()).unwrap_or_else(|| panic!("bad hash key {v}"));
+    let value: Value =
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("readback output: {e}"));
+    let parse = |v: &Value| {
+        v.as_str()
+            .and_then(|s| s.parse::<u128>().ok())
+            .unwrap_or_else(|| panic!("bad hash key {v}"))
+    };
     let shards = value["shards"]
         .as_array()
         .map(|a| {
@@ -327,4 +363,14 @@ pub fn read_back(endpoint: &str, stream: &str) -> (Vec<ShardInfo>, Vec<ReadRecor
         })
         .unwrap_or_default();
     (shards, records)
+}
+
+/// A test that cannot run because an external tool is missing: fails when
+/// `KINESIS_EDGE_REQUIRE_TOOLS` is set (scripts/test.sh and CI set it, after installing every
+/// tool), otherwise prints why it is skipped.
+pub fn skip(reason: &str) {
+    if std::env::var_os("KINESIS_EDGE_REQUIRE_TOOLS").is_some() {
+        panic!("required test tool missing: {reason}");
+    }
+    println!("SKIPPED: {reason}");
 }

@@ -262,7 +262,10 @@ mod tests {
             assert_eq!(code.id(), id);
             assert!(!code.name().is_empty());
         }
-        assert_eq!(AckErrorCode::from_id(4012).name(), "MORE_THAN_ALLOWED_TRACKS_FOUND");
+        assert_eq!(
+            AckErrorCode::from_id(4012).name(),
+            "MORE_THAN_ALLOWED_TRACKS_FOUND"
+        );
         assert_eq!(AckErrorCode::from_id(4507).name(), "STREAM_DELETED");
         assert_eq!(AckErrorCode::from_id(4242).name(), "UNKNOWN_ERROR");
     }

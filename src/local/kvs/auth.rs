@@ -331,7 +331,11 @@ impl Verifier {
     }
 
     /// Checks `request` against the endpoint's clock `now`; returns the access key id.
-    pub fn verify(&self, request: &SignedRequest<'_>, now: SystemTime) -> Result<String, AuthError> {
+    pub fn verify(
+        &self,
+        request: &SignedRequest<'_>,
+        now: SystemTime,
+    ) -> Result<String, AuthError> {
         let Some(authorization) = request.headers.get(http::header::AUTHORIZATION) else {
             return Err(AuthError::MissingAuthenticationToken);
         };
@@ -339,7 +343,11 @@ impl Verifier {
             AuthError::IncompleteSignature("Authorization header is not visible ASCII".to_owned())
         })?;
         let auth = parse_authorization(authorization)?;
-        let Some(key) = self.keys.iter().find(|k| k.access_key_id == auth.access_key) else {
+        let Some(key) = self
+            .keys
+            .iter()
+            .find(|k| k.access_key_id == auth.access_key)
+        else {
             return Err(AuthError::UnrecognizedClient);
         };
         let Some(amz_date) = header_str(request.headers, "x-amz-date") else {
@@ -401,10 +409,16 @@ impl Verifier {
         Ok(key.access_key_id.clone())
     }
 
-    fn check_token(&self, key: &Credentials, headers: &http::HeaderMap, now: SystemTime) -> Result<(), AuthError> {
+    fn check_token(
+        &self,
+        key: &Credentials,
+        headers: &http::HeaderMap,
+        now: SystemTime,
+    ) -> Result<(), AuthError> {
         let sent = header_str(headers, "x-amz-security-token");
         match (&key.session_token, sent) {
-            (Some(expected), Some(sent)) if constant_time_eq(expected.expose().as_bytes(), sent.as_bytes()) => {}
+            (Some(expected), Some(sent))
+                if constant_time_eq(expected.expose().as_bytes(), sent.as_bytes()) => {}
             (None, None) => {}
             _ => return Err(AuthError::UnrecognizedClient),
         }
@@ -438,7 +452,9 @@ impl Verifier {
                 .map(|v| v.to_str())
                 .collect::<Result<_, _>>()
                 .map_err(|_| {
-                    AuthError::InvalidSignature(format!("signed header {name} is not visible ASCII"))
+                    AuthError::InvalidSignature(format!(
+                        "signed header {name} is not visible ASCII"
+                    ))
                 })?;
             if values.is_empty() {
                 return Err(AuthError::InvalidSignature(format!(
@@ -460,7 +476,10 @@ impl Verifier {
         canonical.push('\n');
         canonical.push_str(request.payload_hash);
 
-        let scope = format!("{}/{}/{}/aws4_request", auth.date, auth.region, auth.service);
+        let scope = format!(
+            "{}/{}/{}/aws4_request",
+            auth.date, auth.region, auth.service
+        );
         let string_to_sign = format!(
             "{ALGORITHM}\n{amz_date}\n{scope}\n{}",
             sha256_hex(canonical.as_bytes())
@@ -507,10 +526,20 @@ mod tests {
     use crate::aws::{EMPTY_SHA256, PayloadHash, Service, sign};
 
     fn key(token: Option<&str>) -> Credentials {
-        Credentials::new("AKIDLOCAL", "local/secret+key", token.map(Secret::new), None)
+        Credentials::new(
+            "AKIDLOCAL",
+            "local/secret+key",
+            token.map(Secret::new),
+            None,
+        )
     }
 
-    fn signed(body: &[u8], payload: PayloadHash<'_>, time: SystemTime, token: Option<&str>) -> http::Request<()> {
+    fn signed(
+        body: &[u8],
+        payload: PayloadHash<'_>,
+        time: SystemTime,
+        token: Option<&str>,
+    ) -> http::Request<()> {
         let mut request = http::Request::builder()
             .method("POST")
             .uri("http://127.0.0.1:4566/describeStream")
@@ -519,11 +548,24 @@ mod tests {
             .body(())
             .unwrap();
         let _ = body;
-        sign(&mut request, &key(token), "us-west-2", Service::KinesisVideo, time, payload).unwrap();
+        sign(
+            &mut request,
+            &key(token),
+            "us-west-2",
+            Service::KinesisVideo,
+            time,
+            payload,
+        )
+        .unwrap();
         request
     }
 
-    fn verify(verifier: &Verifier, request: &http::Request<()>, hash: &str, now: SystemTime) -> Result<String, AuthError> {
+    fn verify(
+        verifier: &Verifier,
+        request: &http::Request<()>,
+        hash: &str,
+        now: SystemTime,
+    ) -> Result<String, AuthError> {
         let mut headers = request.headers().clone();
         headers.insert("host", http::HeaderValue::from_static("127.0.0.1:4566"));
         verifier.verify(
@@ -544,7 +586,10 @@ mod tests {
         let verifier = Verifier::new(vec![key(None)], Some("us-west-2".into()), "kinesisvideo");
         let body = br#"{"StreamName":"cam"}"#;
         let request = signed(body, PayloadHash::Bytes(body), now, None);
-        assert_eq!(verify(&verifier, &request, &sha256_hex(body), now).as_deref(), Ok("AKIDLOCAL"));
+        assert_eq!(
+            verify(&verifier, &request, &sha256_hex(body), now).as_deref(),
+            Ok("AKIDLOCAL")
+        );
         // The same request with another payload hash fails.
         assert!(matches!(
             verify(&verifier, &request, EMPTY_SHA256, now),
@@ -568,25 +613,42 @@ mod tests {
         );
         let error = verify(&other_secret, &request, &sha256_hex(body), now).unwrap_err();
         assert_eq!(error.error_type(), "InvalidSignatureException");
-        let unknown = Verifier::new(vec![Credentials::new("AKIDOTHER", "x", None, None)], None, "kinesisvideo");
-        assert_eq!(verify(&unknown, &request, &sha256_hex(body), now), Err(AuthError::UnrecognizedClient));
+        let unknown = Verifier::new(
+            vec![Credentials::new("AKIDOTHER", "x", None, None)],
+            None,
+            "kinesisvideo",
+        );
+        assert_eq!(
+            verify(&unknown, &request, &sha256_hex(body), now),
+            Err(AuthError::UnrecognizedClient)
+        );
         let other_region = Verifier::new(vec![key(None)], Some("eu-west-1".into()), "kinesisvideo");
-        assert!(matches!(verify(&other_region, &request, &sha256_hex(body), now), Err(AuthError::InvalidSignature(m)) if m.contains("region")));
+        assert!(
+            matches!(verify(&other_region, &request, &sha256_hex(body), now), Err(AuthError::InvalidSignature(m)) if m.contains("region"))
+        );
         let other_service = Verifier::new(vec![key(None)], None, "kinesis");
-        assert!(matches!(verify(&other_service, &request, &sha256_hex(body), now), Err(AuthError::InvalidSignature(m)) if m.contains("service")));
+        assert!(
+            matches!(verify(&other_service, &request, &sha256_hex(body), now), Err(AuthError::InvalidSignature(m)) if m.contains("service"))
+        );
 
         // Session tokens must match, and expire.
         let with_token = signed(body, PayloadHash::Bytes(body), now, Some("token-1"));
         let verifier = Verifier::new(vec![key(Some("token-1"))], None, "kinesisvideo");
         assert!(verify(&verifier, &with_token, &sha256_hex(body), now).is_ok());
         let verifier = Verifier::new(vec![key(Some("token-2"))], None, "kinesisvideo");
-        assert_eq!(verify(&verifier, &with_token, &sha256_hex(body), now), Err(AuthError::UnrecognizedClient));
+        assert_eq!(
+            verify(&verifier, &with_token, &sha256_hex(body), now),
+            Err(AuthError::UnrecognizedClient)
+        );
         let mut expiring = key(Some("token-1"));
         expiring.expires_at = Some(now + Duration::from_secs(60));
         let verifier = Verifier::new(vec![expiring], None, "kinesisvideo");
         assert!(verify(&verifier, &with_token, &sha256_hex(body), now).is_ok());
         let later = now + Duration::from_secs(61);
-        assert_eq!(verify(&verifier, &with_token, &sha256_hex(body), later), Err(AuthError::ExpiredToken));
+        assert_eq!(
+            verify(&verifier, &with_token, &sha256_hex(body), later),
+            Err(AuthError::ExpiredToken)
+        );
     }
 
     #[test]
@@ -595,7 +657,9 @@ mod tests {
         let signed_at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let request = signed(b"", PayloadHash::EmptyStreaming, signed_at, None);
         let now = signed_at + Duration::from_secs(600);
-        let Err(AuthError::InvalidSignature(message)) = verify(&verifier, &request, EMPTY_SHA256, now) else {
+        let Err(AuthError::InvalidSignature(message)) =
+            verify(&verifier, &request, EMPTY_SHA256, now)
+        else {
             panic!("expected an expired signature");
         };
         assert_eq!(
@@ -603,25 +667,57 @@ mod tests {
             "Signature expired: 20231114T221320Z is now earlier than 20231114T221820Z (20231114T222320Z - 5 min.)"
         );
         let now = signed_at - Duration::from_secs(600);
-        let Err(AuthError::InvalidSignature(message)) = verify(&verifier, &request, EMPTY_SHA256, now) else {
+        let Err(AuthError::InvalidSignature(message)) =
+            verify(&verifier, &request, EMPTY_SHA256, now)
+        else {
             panic!("expected a signature not yet current");
         };
-        assert!(message.starts_with("Signature not yet current: 20231114T221320Z is still later than"));
-        assert!(verify(&verifier, &request, EMPTY_SHA256, signed_at + Duration::from_secs(299)).is_ok());
+        assert!(
+            message.starts_with("Signature not yet current: 20231114T221320Z is still later than")
+        );
+        assert!(
+            verify(
+                &verifier,
+                &request,
+                EMPTY_SHA256,
+                signed_at + Duration::from_secs(299)
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn missing_and_malformed_headers() {
         let verifier = Verifier::new(vec![key(None)], None, "kinesisvideo");
         let headers = http::HeaderMap::new();
-        let request = SignedRequest { method: "POST", path: "/putMedia", query: None, headers: &headers, payload_hash: EMPTY_SHA256 };
-        assert_eq!(verifier.verify(&request, SystemTime::now()), Err(AuthError::MissingAuthenticationToken));
-        for value in ["Basic abc", "AWS4-HMAC-SHA256 Credential=AKIDLOCAL/2024", "AWS4-HMAC-SHA256 SignedHeaders=host", "AWS4-HMAC-SHA256 \u{7f}"] {
+        let request = SignedRequest {
+            method: "POST",
+            path: "/putMedia",
+            query: None,
+            headers: &headers,
+            payload_hash: EMPTY_SHA256,
+        };
+        assert_eq!(
+            verifier.verify(&request, SystemTime::now()),
+            Err(AuthError::MissingAuthenticationToken)
+        );
+        for value in [
+            "Basic abc",
+            "AWS4-HMAC-SHA256 Credential=AKIDLOCAL/2024",
+            "AWS4-HMAC-SHA256 SignedHeaders=host",
+            "AWS4-HMAC-SHA256 \u{7f}",
+        ] {
             let mut headers = http::HeaderMap::new();
             if let Ok(v) = http::HeaderValue::from_str(value) {
                 headers.insert("authorization", v);
             }
-            let request = SignedRequest { method: "POST", path: "/putMedia", query: None, headers: &headers, payload_hash: EMPTY_SHA256 };
+            let request = SignedRequest {
+                method: "POST",
+                path: "/putMedia",
+                query: None,
+                headers: &headers,
+                payload_hash: EMPTY_SHA256,
+            };
             let error = verifier.verify(&request, SystemTime::now()).unwrap_err();
             assert_eq!(error.status(), 403, "{value}: {error}");
         }
@@ -632,7 +728,14 @@ mod tests {
         let time = UNIX_EPOCH + Duration::from_secs(1_440_938_160);
         assert_eq!(format_amz_date(time), "20150830T123600Z");
         assert_eq!(parse_amz_date("20150830T123600Z"), Some(time));
-        for bad in ["", "20150830T123600", "2015083xT123600Z", "20151330T123600Z", "20150830T256000Z", "２0150830T12360Z"] {
+        for bad in [
+            "",
+            "20150830T123600",
+            "2015083xT123600Z",
+            "20151330T123600Z",
+            "20150830T256000Z",
+            "２0150830T12360Z",
+        ] {
             assert_eq!(parse_amz_date(bad), None, "{bad}");
         }
     }

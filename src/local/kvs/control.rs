@@ -86,7 +86,10 @@ impl Operation {
 
     /// The operation served at `path`.
     pub fn from_path(path: &str) -> Option<Self> {
-        Self::ALL.iter().find(|(_, p)| *p == path).map(|(op, _)| *op)
+        Self::ALL
+            .iter()
+            .find(|(_, p)| *p == path)
+            .map(|(op, _)| *op)
     }
 
     /// The name used in fault filters (`describeStream`, …).
@@ -184,7 +187,10 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
-fn string_field<'a>(body: &'a Map<String, Value>, field: &str) -> Result<Option<&'a str>, ApiError> {
+fn string_field<'a>(
+    body: &'a Map<String, Value>,
+    field: &str,
+) -> Result<Option<&'a str>, ApiError> {
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -198,22 +204,31 @@ fn uint_field(body: &Map<String, Value>, field: &str) -> Result<Option<u64>, Api
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(value) => value.as_u64().map(Some).ok_or_else(|| {
-            ApiError::invalid(format!("{field} must be a non-negative integer, not {value}"))
+            ApiError::invalid(format!(
+                "{field} must be a non-negative integer, not {value}"
+            ))
         }),
     }
 }
 
-fn tags_field(body: &Map<String, Value>, field: &str) -> Result<BTreeMap<String, String>, ApiError> {
+fn tags_field(
+    body: &Map<String, Value>,
+    field: &str,
+) -> Result<BTreeMap<String, String>, ApiError> {
     let Some(value) = body.get(field).filter(|v| !v.is_null()) else {
         return Ok(BTreeMap::new());
     };
     let Some(map) = value.as_object() else {
-        return Err(ApiError::invalid(format!("{field} must be a map of strings")));
+        return Err(ApiError::invalid(format!(
+            "{field} must be a map of strings"
+        )));
     };
     let mut tags = BTreeMap::new();
     for (key, value) in map {
         let Some(value) = value.as_str() else {
-            return Err(ApiError::invalid(format!("tag {key:?} must have a string value")));
+            return Err(ApiError::invalid(format!(
+                "tag {key:?} must have a string value"
+            )));
         };
         if !(1..=128).contains(&key.chars().count()) {
             return Err(ApiError::invalid(format!(
@@ -275,7 +290,10 @@ impl ControlPlane {
     }
 
     fn find_in(&self, body: &Map<String, Value>) -> Result<&StreamRecord, ApiError> {
-        self.find(string_field(body, "StreamName")?, string_field(body, "StreamARN")?)
+        self.find(
+            string_field(body, "StreamName")?,
+            string_field(body, "StreamARN")?,
+        )
     }
 
     fn name_in(&self, body: &Map<String, Value>) -> Result<String, ApiError> {
@@ -357,7 +375,11 @@ impl ControlPlane {
         }
     }
 
-    fn create_stream(&mut self, body: &Map<String, Value>, now: SystemTime) -> Result<Value, ApiError> {
+    fn create_stream(
+        &mut self,
+        body: &Map<String, Value>,
+        now: SystemTime,
+    ) -> Result<Value, ApiError> {
         let Some(name) = string_field(body, "StreamName")? else {
             return Err(ApiError::invalid("StreamName is required"));
         };
@@ -397,17 +419,23 @@ impl ControlPlane {
             return Err(ApiError::new(
                 400,
                 "TagsPerResourceExceededLimitException",
-                format!("{} tags, more than the {MAX_TAGS} a stream may have", tags.len()),
+                format!(
+                    "{} tags, more than the {MAX_TAGS} a stream may have",
+                    tags.len()
+                ),
             ));
         }
         let kms_key_id = string_field(body, "KmsKeyId")?.map_or_else(
-            || format!("arn:aws:kms:{}:{}:alias/aws/kinesisvideo", self.region, self.account),
+            || {
+                format!(
+                    "arn:aws:kms:{}:{}:alias/aws/kinesisvideo",
+                    self.region, self.account
+                )
+            },
             str::to_owned,
         );
         self.creations += 1;
-        let created_ms = now
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis())
+        let created_ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis())
             + u128::from(self.creations);
         let arn = format!(
             "arn:aws:kinesisvideo:{}:{}:stream/{name}/{created_ms}",
@@ -457,8 +485,12 @@ impl ControlPlane {
             .values()
             .filter(|s| prefix.is_none_or(|p| s.name.starts_with(p)))
             .filter(|s| after.is_none_or(|a| s.name.as_str() > a));
-        let page: Vec<&StreamRecord> = matching.by_ref().take(usize::try_from(max).unwrap_or(usize::MAX)).collect();
-        let mut answer = json!({"StreamInfoList": page.iter().map(|s| s.info()).collect::<Vec<_>>()});
+        let page: Vec<&StreamRecord> = matching
+            .by_ref()
+            .take(usize::try_from(max).unwrap_or(usize::MAX))
+            .collect();
+        let mut answer =
+            json!({"StreamInfoList": page.iter().map(|s| s.info()).collect::<Vec<_>>()});
         if matching.next().is_some()
             && let (Some(map), Some(last)) = (answer.as_object_mut(), page.last())
         {
@@ -478,7 +510,10 @@ impl ControlPlane {
             return Err(ApiError::new(
                 400,
                 "VersionMismatchException",
-                format!("CurrentVersion {version} is not the stream's {}", stream.version_string()),
+                format!(
+                    "CurrentVersion {version} is not the stream's {}",
+                    stream.version_string()
+                ),
             ));
         }
         let name = stream.name.clone();
@@ -502,7 +537,10 @@ impl ControlPlane {
             return Err(ApiError::new(
                 400,
                 "TagsPerResourceExceededLimitException",
-                format!("{} tags, more than the {MAX_TAGS} a stream may have", merged.len()),
+                format!(
+                    "{} tags, more than the {MAX_TAGS} a stream may have",
+                    merged.len()
+                ),
             ));
         }
         stream.tags = merged;
@@ -545,7 +583,10 @@ impl ControlPlane {
             return Err(ApiError::new(
                 400,
                 "VersionMismatchException",
-                format!("CurrentVersion {version} is not the stream's {}", stream.version_string()),
+                format!(
+                    "CurrentVersion {version} is not the stream's {}",
+                    stream.version_string()
+                ),
             ));
         }
         stream.retention_hours = match operation {
@@ -593,33 +634,83 @@ mod tests {
         .unwrap();
         let arn = created["StreamARN"].as_str().unwrap().to_owned();
         assert!(arn.starts_with("arn:aws:kinesisvideo:us-west-2:123456789012:stream/cam-1/"));
-        let again = call(&mut plane, Operation::CreateStream, json!({"StreamName": "cam-1"}));
+        let again = call(
+            &mut plane,
+            Operation::CreateStream,
+            json!({"StreamName": "cam-1"}),
+        );
         assert_eq!(again.unwrap_err().error_type, "ResourceInUseException");
 
-        let info = call(&mut plane, Operation::DescribeStream, json!({"StreamName": "cam-1"})).unwrap();
+        let info = call(
+            &mut plane,
+            Operation::DescribeStream,
+            json!({"StreamName": "cam-1"}),
+        )
+        .unwrap();
         let info = &info["StreamInfo"];
         assert_eq!(info["Status"], "ACTIVE");
         assert_eq!(info["DataRetentionInHours"], 2);
         assert_eq!(info["MediaType"], "video/h264,audio/aac");
         assert_eq!(info["StreamARN"], arn.as_str());
         assert!(info["CreationTime"].as_f64().unwrap() > 1.6e9);
-        let by_arn = call(&mut plane, Operation::DescribeStream, json!({"StreamARN": arn})).unwrap();
+        let by_arn = call(
+            &mut plane,
+            Operation::DescribeStream,
+            json!({"StreamARN": arn}),
+        )
+        .unwrap();
         assert_eq!(by_arn["StreamInfo"]["StreamName"], "cam-1");
 
-        let endpoint = call(&mut plane, Operation::GetDataEndpoint, json!({"StreamName": "cam-1", "APIName": "PUT_MEDIA"})).unwrap();
+        let endpoint = call(
+            &mut plane,
+            Operation::GetDataEndpoint,
+            json!({"StreamName": "cam-1", "APIName": "PUT_MEDIA"}),
+        )
+        .unwrap();
         assert_eq!(endpoint, json!({"DataEndpoint": "http://127.0.0.1:4566"}));
-        let bad_api = call(&mut plane, Operation::GetDataEndpoint, json!({"StreamName": "cam-1", "APIName": "PUT"}));
+        let bad_api = call(
+            &mut plane,
+            Operation::GetDataEndpoint,
+            json!({"StreamName": "cam-1", "APIName": "PUT"}),
+        );
         assert_eq!(bad_api.unwrap_err().error_type, "InvalidArgumentException");
 
-        call(&mut plane, Operation::TagStream, json!({"StreamARN": arn, "Tags": {"site": "7"}})).unwrap();
-        let tags = call(&mut plane, Operation::ListTagsForStream, json!({"StreamName": "cam-1"})).unwrap();
+        call(
+            &mut plane,
+            Operation::TagStream,
+            json!({"StreamARN": arn, "Tags": {"site": "7"}}),
+        )
+        .unwrap();
+        let tags = call(
+            &mut plane,
+            Operation::ListTagsForStream,
+            json!({"StreamName": "cam-1"}),
+        )
+        .unwrap();
         assert_eq!(tags, json!({"Tags": {"site": "7"}}));
         let version = plane.stream("cam-1").unwrap().version_string();
-        let stale = call(&mut plane, Operation::DeleteStream, json!({"StreamARN": arn, "CurrentVersion": "1"}));
+        let stale = call(
+            &mut plane,
+            Operation::DeleteStream,
+            json!({"StreamARN": arn, "CurrentVersion": "1"}),
+        );
         assert_eq!(stale.unwrap_err().error_type, "VersionMismatchException");
-        call(&mut plane, Operation::DeleteStream, json!({"StreamARN": arn, "CurrentVersion": version})).unwrap();
-        let gone = call(&mut plane, Operation::DescribeStream, json!({"StreamName": "cam-1"})).unwrap_err();
-        assert_eq!((gone.status, gone.error_type.as_str()), (404, "ResourceNotFoundException"));
+        call(
+            &mut plane,
+            Operation::DeleteStream,
+            json!({"StreamARN": arn, "CurrentVersion": version}),
+        )
+        .unwrap();
+        let gone = call(
+            &mut plane,
+            Operation::DescribeStream,
+            json!({"StreamName": "cam-1"}),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (gone.status, gone.error_type.as_str()),
+            (404, "ResourceNotFoundException")
+        );
     }
 
     #[test]
@@ -628,8 +719,14 @@ mod tests {
         for (body, needle) in [
             (json!({}), "StreamName"),
             (json!({"StreamName": "a/b"}), "StreamName"),
-            (json!({"StreamName": "ok", "DataRetentionInHours": -1}), "DataRetentionInHours"),
-            (json!({"StreamName": "ok", "MediaType": "h264"}), "MediaType"),
+            (
+                json!({"StreamName": "ok", "DataRetentionInHours": -1}),
+                "DataRetentionInHours",
+            ),
+            (
+                json!({"StreamName": "ok", "MediaType": "h264"}),
+                "MediaType",
+            ),
             (json!({"StreamName": "ok", "Tags": {"k": 1}}), "tag"),
             (json!("text"), "JSON object"),
         ] {
@@ -637,10 +734,19 @@ mod tests {
             assert!(error.message.contains(needle), "{error:?}");
             assert_eq!(error.status, 400);
         }
-        let both = call(&mut plane, Operation::DescribeStream, json!({"StreamName": "a", "StreamARN": "b"}));
+        let both = call(
+            &mut plane,
+            Operation::DescribeStream,
+            json!({"StreamName": "a", "StreamARN": "b"}),
+        );
         assert_eq!(both.unwrap_err().error_type, "InvalidArgumentException");
         let many: Map<String, Value> = (0..51).map(|i| (format!("k{i}"), json!("v"))).collect();
-        let error = call(&mut plane, Operation::CreateStream, json!({"StreamName": "t", "Tags": many})).unwrap_err();
+        let error = call(
+            &mut plane,
+            Operation::CreateStream,
+            json!({"StreamName": "t", "Tags": many}),
+        )
+        .unwrap_err();
         assert_eq!(error.error_type, "TagsPerResourceExceededLimitException");
     }
 
@@ -651,10 +757,20 @@ mod tests {
             plane.create(name, 0, None, SystemTime::now()).unwrap();
         }
         let page = call(&mut plane, Operation::ListStreams, json!({"MaxResults": 2, "StreamNameCondition": {"ComparisonOperator": "BEGINS_WITH", "ComparisonValue": "cam"}})).unwrap();
-        let names: Vec<&str> = page["StreamInfoList"].as_array().unwrap().iter().map(|s| s["StreamName"].as_str().unwrap()).collect();
+        let names: Vec<&str> = page["StreamInfoList"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["StreamName"].as_str().unwrap())
+            .collect();
         assert_eq!(names, ["cam-a", "cam-b"]);
         let token = page["NextToken"].as_str().unwrap().to_owned();
-        let rest = call(&mut plane, Operation::ListStreams, json!({"NextToken": token, "StreamNameCondition": {"ComparisonValue": "cam"}})).unwrap();
+        let rest = call(
+            &mut plane,
+            Operation::ListStreams,
+            json!({"NextToken": token, "StreamNameCondition": {"ComparisonValue": "cam"}}),
+        )
+        .unwrap();
         assert_eq!(rest["StreamInfoList"].as_array().unwrap().len(), 1);
         assert!(rest.get("NextToken").is_none());
 

@@ -168,7 +168,12 @@ pub struct LocalEndpointArgs {
     #[arg(long, requires = "secret_key")]
     pub access_key: Option<String>,
     /// Secret access key for --access-key.
-    #[arg(long, env = "KINESIS_EDGE_LOCAL_SECRET_KEY", hide_env_values = true, requires = "access_key")]
+    #[arg(
+        long,
+        env = "KINESIS_EDGE_LOCAL_SECRET_KEY",
+        hide_env_values = true,
+        requires = "access_key"
+    )]
     pub secret_key: Option<String>,
     /// Session token the key must come with.
     #[arg(long, requires = "access_key")]
@@ -287,7 +292,9 @@ async fn wait_for_stop() -> Result<(), LocalEndpointError> {
 
 #[cfg(not(unix))]
 async fn wait_for_stop() -> Result<(), LocalEndpointError> {
-    tokio::signal::ctrl_c().await.map_err(LocalEndpointError::Signal)
+    tokio::signal::ctrl_c()
+        .await
+        .map_err(LocalEndpointError::Signal)
 }
 
 #[cfg(test)]
@@ -325,10 +332,14 @@ mod tests {
         assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 4566)));
         assert_eq!(config.credentials.len(), 1);
         assert_eq!(config.signing_region.as_deref(), Some("eu-west-1"));
-        assert_eq!(config.streams, vec![("cam".to_owned(), 24), ("door".to_owned(), 0)]);
+        assert_eq!(
+            config.streams,
+            vec![("cam".to_owned(), 24), ("door".to_owned(), 0)]
+        );
         assert_eq!(config.faults.clock_skew_s, Some(600.0));
         assert!(Cli::try_parse_from(["x", "--data-dir", "d", "--access-key", "AK"]).is_err());
-        let bad = Cli::try_parse_from(["x", "--data-dir", "d", "--faults", "{\"nope\": 1}"]).unwrap();
+        let bad =
+            Cli::try_parse_from(["x", "--data-dir", "d", "--faults", "{\"nope\": 1}"]).unwrap();
         assert!(bad.args.to_config().is_err());
         let bad = Cli::try_parse_from(["x", "--data-dir", "d", "--stream", "cam:x"]).unwrap();
         assert!(bad.args.to_config().is_err());

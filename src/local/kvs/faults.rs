@@ -127,7 +127,10 @@ impl FaultRequest {
     /// Checks ranges (durations finite and ≥ 0, statuses 400..=599, codes 1..=9999).
     pub fn validate(&self) -> Result<(), FaultError> {
         let seconds = |field: &'static str, value: f64, allow_negative: bool| {
-            if !value.is_finite() || (!allow_negative && value < 0.0) || value.abs() > 86_400.0 * 366.0 {
+            if !value.is_finite()
+                || (!allow_negative && value < 0.0)
+                || value.abs() > 86_400.0 * 366.0
+            {
                 return Err(FaultError::Value {
                     field,
                     problem: format!("{value} is not a usable number of seconds"),
@@ -199,7 +202,9 @@ fn default_error_type(status: u16) -> &'static str {
 
 fn default_message(status: u16) -> &'static str {
     match status {
-        400 => "Kinesis Video Streams has throttled the request because you have exceeded the limit of allowed client calls. Try making the call later.",
+        400 => {
+            "Kinesis Video Streams has throttled the request because you have exceeded the limit of allowed client calls. Try making the call later."
+        }
         429 => "Rate exceeded",
         503 => "The service is unavailable. Try again later.",
         _ => "We encountered an internal error. Please try again.",
@@ -260,7 +265,10 @@ impl FaultPlan {
             self.drop_mid_fragment = Some(n);
         }
         if let Some(stall) = &request.stall {
-            self.stall = Some((stall.after_fragments, Duration::from_secs_f64(stall.seconds)));
+            self.stall = Some((
+                stall.after_fragments,
+                Duration::from_secs_f64(stall.seconds),
+            ));
         }
         if let Some(error) = &request.error_ack {
             self.error_ack = Some((error.code, error.after_fragments));
@@ -306,7 +314,11 @@ impl FaultPlan {
     /// The HTTP error for a request to `operation`, if one is armed for it.
     pub fn take_http_error(&mut self, operation: &str) -> Option<HttpErrorFault> {
         let index = self.http_errors.iter().position(|fault| {
-            fault.operations.is_empty() || fault.operations.iter().any(|o| o.eq_ignore_ascii_case(operation))
+            fault.operations.is_empty()
+                || fault
+                    .operations
+                    .iter()
+                    .any(|o| o.eq_ignore_ascii_case(operation))
         })?;
         let fault = self.http_errors.get_mut(index)?;
         fault.remaining = fault.remaining.saturating_sub(1);
@@ -417,14 +429,26 @@ mod tests {
         let request = FaultRequest {
             drop_after_bytes: Some(100),
             drop_mid_fragment: Some(2),
-            error_ack: Some(ErrorAckRequest { code: 4000, after_fragments: 1 }),
-            stall: Some(StallRequest { after_fragments: 2, seconds: 3.0 }),
+            error_ack: Some(ErrorAckRequest {
+                code: 4000,
+                after_fragments: 1,
+            }),
+            stall: Some(StallRequest {
+                after_fragments: 2,
+                seconds: 3.0,
+            }),
             refuse_connections_s: Some(2.0),
             clock_skew_s: Some(-600.0),
             ..FaultRequest::default()
         };
         let refusal = plan.apply(&request).unwrap();
-        assert_eq!(refusal, Some(Refusal { duration: Duration::from_secs(2), drop_open: true }));
+        assert_eq!(
+            refusal,
+            Some(Refusal {
+                duration: Duration::from_secs(2),
+                drop_open: true
+            })
+        );
         assert_eq!(plan.clock_skew_ms(), -600_000);
         assert_eq!(plan.take_body_bytes(60), None);
         assert_eq!(plan.take_body_bytes(60), Some(40));
@@ -437,10 +461,21 @@ mod tests {
         assert_eq!(plan.take_error_ack(), None);
         assert_eq!(plan.take_stall_now(), None);
         assert_eq!(plan.take_stall_after_fragment(), None);
-        assert_eq!(plan.take_stall_after_fragment(), Some(Duration::from_secs(3)));
+        assert_eq!(
+            plan.take_stall_after_fragment(),
+            Some(Duration::from_secs(3))
+        );
         assert_eq!(plan.take_stall_after_fragment(), None);
         let stats = plan.stats();
-        assert_eq!((stats.connections_dropped, stats.error_acks, stats.stalls, stats.refusals), (2, 1, 1, 1));
+        assert_eq!(
+            (
+                stats.connections_dropped,
+                stats.error_acks,
+                stats.stalls,
+                stats.refusals
+            ),
+            (2, 1, 1, 1)
+        );
     }
 
     #[test]
@@ -456,8 +491,10 @@ mod tests {
         assert_eq!(first.error_type, "ClientLimitExceededException");
         assert!(plan.take_http_error("PUTMEDIA").is_some());
         assert_eq!(plan.take_http_error("putMedia"), None);
-        plan.apply(&FaultRequest::from_json(br#"{"http_error": {"status": 429}}"#).unwrap()).unwrap();
-        plan.apply(&FaultRequest::from_json(br#"{"clear": true}"#).unwrap()).unwrap();
+        plan.apply(&FaultRequest::from_json(br#"{"http_error": {"status": 429}}"#).unwrap())
+            .unwrap();
+        plan.apply(&FaultRequest::from_json(br#"{"clear": true}"#).unwrap())
+            .unwrap();
         assert_eq!(plan.take_http_error("getDataEndpoint"), None);
         assert_eq!(plan.stats().http_errors, 2);
     }

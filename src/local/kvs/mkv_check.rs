@@ -298,7 +298,9 @@ impl ByteLog {
             };
             let available = chunk.get(at..).unwrap_or_default();
             let take = available.len().min(out.len() - copied);
-            if let (Some(dst), Some(src)) = (out.get_mut(copied..copied + take), available.get(..take)) {
+            if let (Some(dst), Some(src)) =
+                (out.get_mut(copied..copied + take), available.get(..take))
+            {
                 dst.copy_from_slice(src);
             }
             copied += take;
@@ -361,7 +363,8 @@ struct ElementHeader {
 
 impl ElementHeader {
     fn payload_end(&self) -> Option<u64> {
-        self.size.map(|size| self.payload_start.saturating_add(size))
+        self.size
+            .map(|size| self.payload_start.saturating_add(size))
     }
 }
 
@@ -425,9 +428,9 @@ struct OpenFragment {
 
 impl OpenFragment {
     fn retain_from(&self) -> u64 {
-        self.tags_before
-            .first()
-            .map_or(self.cluster_start, |t| t.range.start.min(self.cluster_start))
+        self.tags_before.first().map_or(self.cluster_start, |t| {
+            t.range.start.min(self.cluster_start)
+        })
     }
 }
 
@@ -708,7 +711,9 @@ impl MkvChecker {
             return Ok(None);
         }
         let id_bytes = head.get(..id_len).unwrap_or_default();
-        let id = id_bytes.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
+        let id = id_bytes
+            .iter()
+            .fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
         let value_mask = 0xFFu8 >> id_len;
         if first & value_mask == value_mask && id_bytes.iter().skip(1).all(|b| *b == 0xFF) {
             return Err(self.invalid(self.pos, format!("reserved element ID {id:#X}")));
@@ -761,10 +766,9 @@ impl MkvChecker {
                 self.end_cluster(header.start)?;
             }
         }
-        if let (Some(parent_end), Some(end)) = (
-            self.stack.last().and_then(|p| p.end),
-            header.payload_end(),
-        ) && end > parent_end
+        if let (Some(parent_end), Some(end)) =
+            (self.stack.last().and_then(|p| p.end), header.payload_end())
+            && end > parent_end
         {
             return Err(self.invalid(
                 header.start,
@@ -807,10 +811,9 @@ impl MkvChecker {
                 header.start,
                 "a second EBML header: a PutMedia body holds one document".to_owned(),
             )),
-            id::SEGMENT if self.header.ebml.is_none() => Err(self.invalid(
-                header.start,
-                "Segment before the EBML header".to_owned(),
-            )),
+            id::SEGMENT if self.header.ebml.is_none() => {
+                Err(self.invalid(header.start, "Segment before the EBML header".to_owned()))
+            }
             id::SEGMENT if self.segment_seen => Err(self.invalid(
                 header.start,
                 "a second Segment: a PutMedia body holds one segment".to_owned(),
@@ -840,7 +843,11 @@ impl MkvChecker {
                 header.start,
                 format!(
                     "{} after the first Cluster",
-                    if header.id == id::INFO { "SegmentInfo" } else { "Tracks" }
+                    if header.id == id::INFO {
+                        "SegmentInfo"
+                    } else {
+                        "Tracks"
+                    }
                 ),
             )),
             id::INFO => self.expect_whole(header, MAX_INFO, "SegmentInfo"),
@@ -857,10 +864,7 @@ impl MkvChecker {
             id::SIMPLE_BLOCK => self.expect_block(header),
             BLOCK_GROUP => {
                 if header.size.is_none() {
-                    return Err(self.invalid(
-                        header.start,
-                        "BlockGroup of unknown size".to_owned(),
-                    ));
+                    return Err(self.invalid(header.start, "BlockGroup of unknown size".to_owned()));
                 }
                 self.stack.push(Open {
                     id: BLOCK_GROUP,
@@ -952,7 +956,10 @@ impl MkvChecker {
             }
             id::TIMECODE => {
                 let timecode = read_uint(payload).ok_or_else(|| {
-                    self.invalid(range.start, "Cluster Timecode longer than 8 bytes".to_owned())
+                    self.invalid(
+                        range.start,
+                        "Cluster Timecode longer than 8 bytes".to_owned(),
+                    )
                 })?;
                 self.on_cluster_timecode(timecode, range, out)?;
             }
@@ -1018,10 +1025,7 @@ impl MkvChecker {
             self.header.info.clone(),
             self.header.tracks.clone(),
         ) else {
-            return Err(self.invalid(
-                at,
-                "Cluster before SegmentInfo and Tracks".to_owned(),
-            ));
+            return Err(self.invalid(at, "Cluster before SegmentInfo and Tracks".to_owned()));
         };
         Ok(Arc::new(StreamHeader {
             ebml,
@@ -1044,7 +1048,9 @@ impl MkvChecker {
         let (index, tag_count, too_long) = match &self.fragment {
             None => return Err(self.invalid(range.start, "Timecode outside a Cluster".to_owned())),
             Some(f) if f.timecode.is_some() => {
-                return Err(self.invalid(range.start, "a second Timecode in one Cluster".to_owned()));
+                return Err(
+                    self.invalid(range.start, "a second Timecode in one Cluster".to_owned())
+                );
             }
             Some(f) => (
                 f.index,
@@ -1072,7 +1078,11 @@ impl MkvChecker {
             ));
         }
         if let Some(what) = too_long {
-            return Err(self.error(AckErrorCode::FragmentMetadataLimitReached, range.start, what));
+            return Err(self.error(
+                AckErrorCode::FragmentMetadataLimitReached,
+                range.start,
+                what,
+            ));
         }
         if tag_count > max_tags {
             return Err(self.error(
@@ -1096,7 +1106,11 @@ impl MkvChecker {
     }
 
     fn on_block(&mut self, element: u32, payload_start: u64, block: BlockHeader) -> Step {
-        let scale = self.header.built.as_ref().map_or(1, |h| h.timecode_scale_ns);
+        let scale = self
+            .header
+            .built
+            .as_ref()
+            .map_or(1, |h| h.timecode_scale_ns);
         let max_duration_ns =
             u128::try_from(self.limits.max_fragment_duration.as_nanos()).unwrap_or(u128::MAX);
         let cluster_timecode = match &self.fragment {
@@ -1112,7 +1126,10 @@ impl MkvChecker {
         if block.laced {
             return Err(self.invalid(
                 payload_start,
-                format!("laced block on track {}: KVS takes one frame per block", block.track),
+                format!(
+                    "laced block on track {}: KVS takes one frame per block",
+                    block.track
+                ),
             ));
         }
         let key = element == id::SIMPLE_BLOCK && block.key;
@@ -1130,7 +1147,9 @@ impl MkvChecker {
                 track.key_frames += 1;
             }
             fragment.starts_with_key_frame.get_or_insert(key);
-            let first = fragment.first_timecode.map_or(absolute, |f| f.min(absolute));
+            let first = fragment
+                .first_timecode
+                .map_or(absolute, |f| f.min(absolute));
             let last = fragment.last_timecode.map_or(absolute, |l| l.max(absolute));
             fragment.first_timecode = Some(first);
             fragment.last_timecode = Some(last);
@@ -1140,7 +1159,10 @@ impl MkvChecker {
             return Err(self.error(
                 AckErrorCode::TrackNumberMismatch,
                 payload_start,
-                format!("block for track {} which Tracks does not declare", block.track),
+                format!(
+                    "block for track {} which Tracks does not declare",
+                    block.track
+                ),
             ));
         }
         if let Some(previous) = self.previous_last
@@ -1198,10 +1220,7 @@ impl MkvChecker {
             return Ok(());
         }
         if fragment.timecode.is_none() {
-            return Err(self.invalid(
-                end,
-                "a Cluster ended without a Timecode".to_owned(),
-            ));
+            return Err(self.invalid(end, "a Cluster ended without a Timecode".to_owned()));
         }
         fragment.body_end = Some(end);
         Ok(())
@@ -1265,7 +1284,8 @@ impl MkvChecker {
             bytes += parsed.range.end - parsed.range.start;
         }
         let mut cluster_body = Vec::new();
-        self.log.pieces(fragment.body_start..body_end, &mut cluster_body);
+        self.log
+            .pieces(fragment.body_start..body_end, &mut cluster_body);
         let mut tags_after = Vec::new();
         for parsed in &closing {
             self.log.pieces(parsed.range.clone(), &mut tags_after);
@@ -1390,7 +1410,9 @@ impl<'a> Iterator for Children<'a> {
             let id_bytes = rest
                 .get(..id_len)
                 .ok_or_else(|| bad("element ID cut short".to_owned()))?;
-            let id = id_bytes.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
+            let id = id_bytes
+                .iter()
+                .fold(0u32, |acc, b| (acc << 8) | u32::from(*b));
             let size_first = *rest
                 .get(id_len)
                 .ok_or_else(|| bad(format!("element {id:#X} has no size")))?;
@@ -1409,7 +1431,9 @@ impl<'a> Iterator for Children<'a> {
                 all_ones &= *byte == 0xFF;
             }
             if all_ones {
-                return Err(bad(format!("element {id:#X} of unknown size inside a sized master")));
+                return Err(bad(format!(
+                    "element {id:#X} of unknown size inside a sized master"
+                )));
             }
             let start = id_len + size_len;
             let end = usize::try_from(size)
@@ -1442,7 +1466,11 @@ fn read_uint(payload: &[u8]) -> Option<u64> {
     if payload.len() > 8 {
         return None;
     }
-    Some(payload.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+    Some(
+        payload
+            .iter()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
+    )
 }
 
 fn read_string(payload: &[u8]) -> String {
@@ -1475,19 +1503,28 @@ fn check_ebml_header(payload: &[u8], base: u64) -> Result<(), CheckError> {
             id::EBML_READ_VERSION => {
                 let version = uint_field(value, offset, "EBMLReadVersion")?;
                 if version != 1 {
-                    return Err(invalid_at(offset, format!("EBMLReadVersion {version}, not 1")));
+                    return Err(invalid_at(
+                        offset,
+                        format!("EBMLReadVersion {version}, not 1"),
+                    ));
                 }
             }
             id::EBML_MAX_ID_LENGTH => {
                 let length = uint_field(value, offset, "EBMLMaxIDLength")?;
                 if length > 4 {
-                    return Err(invalid_at(offset, format!("EBMLMaxIDLength {length} over 4")));
+                    return Err(invalid_at(
+                        offset,
+                        format!("EBMLMaxIDLength {length} over 4"),
+                    ));
                 }
             }
             id::EBML_MAX_SIZE_LENGTH => {
                 let length = uint_field(value, offset, "EBMLMaxSizeLength")?;
                 if length > 8 {
-                    return Err(invalid_at(offset, format!("EBMLMaxSizeLength {length} over 8")));
+                    return Err(invalid_at(
+                        offset,
+                        format!("EBMLMaxSizeLength {length} over 8"),
+                    ));
                 }
             }
             id::DOC_TYPE => doc_type = Some((read_string(value), offset)),
@@ -1560,7 +1597,10 @@ fn parse_tracks(payload: &[u8], base: u64) -> Result<Vec<TrackInfo>, CheckError>
                 ));
             }
             Some(n) if tracks.iter().any(|t| t.number == n) => {
-                return Err(invalid_at(entry_offset, format!("TrackNumber {n} declared twice")));
+                return Err(invalid_at(
+                    entry_offset,
+                    format!("TrackNumber {n} declared twice"),
+                ));
             }
             Some(n) => track.number = n,
         }
@@ -1676,9 +1716,17 @@ mod tests {
             w.begin(id::TRACK_ENTRY).unwrap();
             w.uint(id::TRACK_NUMBER, number).unwrap();
             w.uint(id::TRACK_UID, number).unwrap();
-            w.uint(id::TRACK_TYPE, if number == 1 { 1 } else { 2 }).unwrap();
-            w.string(id::CODEC_ID, if number == 1 { "V_MPEG4/ISO/AVC" } else { "A_AAC" })
+            w.uint(id::TRACK_TYPE, if number == 1 { 1 } else { 2 })
                 .unwrap();
+            w.string(
+                id::CODEC_ID,
+                if number == 1 {
+                    "V_MPEG4/ISO/AVC"
+                } else {
+                    "A_AAC"
+                },
+            )
+            .unwrap();
             w.binary(id::CODEC_PRIVATE, &[1, 2, 3]).unwrap();
             w.end().unwrap();
         }
@@ -1747,7 +1795,9 @@ mod tests {
             .iter()
             .map(|e| match e {
                 CheckEvent::Header(h) => format!("header {}", h.tracks.len()),
-                CheckEvent::FragmentStart { index, timecode } => format!("start {index} {timecode}"),
+                CheckEvent::FragmentStart { index, timecode } => {
+                    format!("start {index} {timecode}")
+                }
                 CheckEvent::FragmentComplete(f) => format!(
                     "complete {} {} {}..{} {:?} tags={}",
                     f.index,
@@ -1813,8 +1863,14 @@ mod tests {
         let CheckEvent::FragmentComplete(second) = &split[4] else {
             panic!("expected a completed fragment");
         };
-        assert_eq!(second.tags, vec![(END_OF_FRAGMENT.to_owned(), String::new())]);
-        assert_eq!(second.tags_after.iter().map(Bytes::len).sum::<usize>(), tags(&[(END_OF_FRAGMENT, "")]).len());
+        assert_eq!(
+            second.tags,
+            vec![(END_OF_FRAGMENT.to_owned(), String::new())]
+        );
+        assert_eq!(
+            second.tags_after.iter().map(Bytes::len).sum::<usize>(),
+            tags(&[(END_OF_FRAGMENT, "")]).len()
+        );
     }
 
     #[test]
@@ -1830,12 +1886,20 @@ mod tests {
         let names: Vec<Vec<String>> = events
             .iter()
             .filter_map(|e| match e {
-                CheckEvent::FragmentComplete(f) => Some(f.tags.iter().map(|(n, _)| n.clone()).collect()),
+                CheckEvent::FragmentComplete(f) => {
+                    Some(f.tags.iter().map(|(n, _)| n.clone()).collect())
+                }
                 _ => None,
             })
             .collect();
         // Tags after the last cluster without an end-of-fragment tag belong to no fragment.
-        assert_eq!(names, [vec!["event".to_owned(), END_OF_FRAGMENT.to_owned()], vec!["next".to_owned()]]);
+        assert_eq!(
+            names,
+            [
+                vec!["event".to_owned(), END_OF_FRAGMENT.to_owned()],
+                vec!["next".to_owned()]
+            ]
+        );
         assert_eq!(error_code(&events), None);
     }
 
@@ -1861,13 +1925,20 @@ mod tests {
         body.extend(cluster(1000, &[(1, 0, true), (1, 33, false)]));
         body.extend(cluster(2000, &[(1, 0, true), (2, 1, true)]));
         let events = run_split(&body, |_| 5);
-        assert_eq!(summary(&events).last().map(String::as_str), Some("error 4011 Some(1000)"));
+        assert_eq!(
+            summary(&events).last().map(String::as_str),
+            Some("error 4011 Some(1000)")
+        );
     }
 
     #[test]
     fn too_many_tags_and_long_tags_are_4009() {
-        let items: Vec<(String, String)> = (0..11).map(|i| (format!("k{i}"), "v".to_owned())).collect();
-        let refs: Vec<(&str, &str)> = items.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let items: Vec<(String, String)> =
+            (0..11).map(|i| (format!("k{i}"), "v".to_owned())).collect();
+        let refs: Vec<(&str, &str)> = items
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
         let mut body = header(1);
         body.extend(tags(&refs));
         body.extend(cluster(1000, &[(1, 0, true)]));
@@ -1888,7 +1959,10 @@ mod tests {
     #[test]
     fn more_than_three_tracks_is_4012() {
         let mut body = header(4);
-        body.extend(cluster(1000, &[(1, 0, true), (2, 0, true), (3, 0, true), (4, 0, true)]));
+        body.extend(cluster(
+            1000,
+            &[(1, 0, true), (2, 0, true), (3, 0, true), (4, 0, true)],
+        ));
         assert_eq!(error_code(&run_split(&body, |_| 100)), Some(4012));
     }
 
@@ -1932,7 +2006,10 @@ mod tests {
                 let full = header(1);
                 // EBML header + Segment, then straight to a cluster.
                 let mut b = full.clone();
-                let tracks_at = b.windows(4).position(|w| w == [0x16, 0x54, 0xAE, 0x6B]).unwrap();
+                let tracks_at = b
+                    .windows(4)
+                    .position(|w| w == [0x16, 0x54, 0xAE, 0x6B])
+                    .unwrap();
                 b.truncate(tracks_at);
                 b.extend(cluster(1000, &[(1, 0, true)]));
                 b
@@ -1964,7 +2041,12 @@ mod tests {
         for (name, body) in cases {
             for size in [1, 3, 1000] {
                 let events = run_split(&body, |_| size);
-                assert_eq!(error_code(&events), Some(4006), "{name}, chunks of {size}: {:?}", summary(&events));
+                assert_eq!(
+                    error_code(&events),
+                    Some(4006),
+                    "{name}, chunks of {size}: {:?}",
+                    summary(&events)
+                );
             }
         }
     }
@@ -1984,7 +2066,10 @@ mod tests {
             assert!(held < 300, "holding {held} bytes");
         }
         checker.finish(&mut out);
-        let completed = out.iter().filter(|e| matches!(e, CheckEvent::FragmentComplete(_))).count();
+        let completed = out
+            .iter()
+            .filter(|e| matches!(e, CheckEvent::FragmentComplete(_)))
+            .count();
         assert_eq!(completed, 50);
         assert_eq!(error_code(&out), None);
     }

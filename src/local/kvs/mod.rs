@@ -31,7 +31,9 @@ pub mod mkv_check;
 pub mod putmedia;
 pub mod store;
 
-pub use endpoint::{LocalEndpoint, LocalEndpointArgs, LocalEndpointConfig, LocalEndpointError, run_cli};
+pub use endpoint::{
+    LocalEndpoint, LocalEndpointArgs, LocalEndpointConfig, LocalEndpointError, run_cli,
+};
 
 use super::{ConnectionGate, HandlerFuture, ResponseBody, full_response};
 use crate::aws::{Credentials, EMPTY_SHA256};
@@ -151,11 +153,12 @@ impl Shared {
 
     pub(crate) fn store_for(&self, stream: &str) -> Arc<Mutex<StreamStore>> {
         let mut stores = lock(&self.stores);
-        Arc::clone(
-            stores
-                .entry(stream.to_owned())
-                .or_insert_with(|| Arc::new(Mutex::new(StreamStore::new(&self.settings.data_dir, stream)))),
-        )
+        Arc::clone(stores.entry(stream.to_owned()).or_insert_with(|| {
+            Arc::new(Mutex::new(StreamStore::new(
+                &self.settings.data_dir,
+                stream,
+            )))
+        }))
     }
 
     pub(crate) fn record(&self, record: FragmentRecord) {
@@ -251,7 +254,9 @@ impl KvsHandler {
     pub fn inject(&self, request: &FaultRequest) -> Result<(), FaultError> {
         let refusal = lock(&self.shared.faults).apply(request)?;
         if let Some(refusal) = refusal {
-            self.shared.gate.refuse_for(refusal.duration, refusal.drop_open);
+            self.shared
+                .gate
+                .refuse_for(refusal.duration, refusal.drop_open);
         }
         Ok(())
     }
@@ -356,7 +361,11 @@ impl KvsHandler {
             .map_err(|e| ApiError::new(e.status(), e.error_type(), e.to_string()))
     }
 
-    async fn control(&self, operation: Operation, request: http::Request<Incoming>) -> http::Response<ResponseBody> {
+    async fn control(
+        &self,
+        operation: Operation,
+        request: http::Request<Incoming>,
+    ) -> http::Response<ResponseBody> {
         let (parts, body) = request.into_parts();
         let body = match Limited::new(body, MAX_CONTROL_BODY).collect().await {
             Ok(collected) => collected.to_bytes(),
@@ -427,16 +436,18 @@ impl KvsHandler {
         let now = self.shared.now();
         tracing::info!(%stream, connection = settings.connection, "PutMedia connection");
         let session = Session::new(settings, numbers, now);
-        let (tx, channel) = http_body_util::channel::Channel::<Bytes, std::io::Error>::new(ACK_BUFFER);
+        let (tx, channel) =
+            http_body_util::channel::Channel::<Bytes, std::io::Error>::new(ACK_BUFFER);
         let shared = Arc::clone(&self.shared);
         tokio::spawn(async move {
             putmedia::drive(session, body, tx, shared).await;
             drop(guard);
         });
         let mut response = http::Response::new(channel.boxed());
-        response
-            .headers_mut()
-            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(JSON));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(JSON),
+        );
         self.decorate(&mut response);
         response
     }
@@ -452,7 +463,11 @@ impl KvsHandler {
                 header(headers, "x-amzn-stream-name"),
                 header(headers, "x-amzn-stream-arn"),
             )?;
-            (record.name.clone(), record.retention_hours, Arc::clone(&record.numbers))
+            (
+                record.name.clone(),
+                record.retention_hours,
+                Arc::clone(&record.numbers),
+            )
         };
         let timecode_type = match header(headers, "x-amzn-fragment-timecode-type") {
             Some(t) if t.eq_ignore_ascii_case("ABSOLUTE") => TimecodeType::Absolute,
@@ -462,7 +477,11 @@ impl KvsHandler {
                     "x-amzn-fragment-timecode-type {other:?} is not ABSOLUTE or RELATIVE"
                 )));
             }
-            None => return Err(ApiError::invalid("x-amzn-fragment-timecode-type is required")),
+            None => {
+                return Err(ApiError::invalid(
+                    "x-amzn-fragment-timecode-type is required",
+                ));
+            }
         };
         let producer_start_ms = match header(headers, "x-amzn-producer-start-timestamp") {
             Some(text) => match text.trim().parse::<f64>() {
@@ -475,7 +494,11 @@ impl KvsHandler {
                     )));
                 }
             },
-            None => return Err(ApiError::invalid("x-amzn-producer-start-timestamp is required")),
+            None => {
+                return Err(ApiError::invalid(
+                    "x-amzn-producer-start-timestamp is required",
+                ));
+            }
         };
         let ack_required = match header(headers, "x-amzn-fragment-acknowledgment-required") {
             None => true,
@@ -510,7 +533,10 @@ impl KvsHandler {
         {
             let mut recent = lock(&self.shared.recent_puts);
             let times = recent.entry(stream.to_owned()).or_default();
-            while times.front().is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1)) {
+            while times
+                .front()
+                .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+            {
                 times.pop_front();
             }
             if times.len() >= self.shared.settings.put_media_tps as usize {
@@ -539,10 +565,15 @@ impl KvsHandler {
 
     async fn faults_api(&self, request: http::Request<Incoming>) -> http::Response<ResponseBody> {
         let method = request.method().clone();
-        let body = match Limited::new(request.into_body(), MAX_CONTROL_BODY).collect().await {
+        let body = match Limited::new(request.into_body(), MAX_CONTROL_BODY)
+            .collect()
+            .await
+        {
             Ok(collected) => collected.to_bytes(),
             Err(e) => {
-                return self.error(&ApiError::invalid(format!("cannot read the fault request: {e}")));
+                return self.error(&ApiError::invalid(format!(
+                    "cannot read the fault request: {e}"
+                )));
             }
         };
         let result = match method {
@@ -552,7 +583,9 @@ impl KvsHandler {
                 ..FaultRequest::default()
             }),
             http::Method::POST => FaultRequest::from_json(&body).and_then(|r| self.inject(&r)),
-            other => Err(FaultError::Parse(format!("method {other} is not GET, POST or DELETE"))),
+            other => Err(FaultError::Parse(format!(
+                "method {other} is not GET, POST or DELETE"
+            ))),
         };
         match result {
             Ok(()) => {
@@ -586,7 +619,11 @@ impl super::Handler for KvsHandler {
                 return self.faults_api(request).await;
             }
             let Some(name) = operation_name(&path) else {
-                return self.error(&ApiError::new(404, "UnknownOperationException", format!("no operation at {path}")));
+                return self.error(&ApiError::new(
+                    404,
+                    "UnknownOperationException",
+                    format!("no operation at {path}"),
+                ));
             };
             if request.method() != http::Method::POST {
                 return self.error(&ApiError::new(
@@ -599,7 +636,11 @@ impl super::Handler for KvsHandler {
             let fault = lock(&self.shared.faults).take_http_error(name);
             if let Some(fault) = fault {
                 tracing::info!(operation = name, status = fault.status, "fault: HTTP error");
-                return self.error(&ApiError::new(fault.status, &fault.error_type, fault.message));
+                return self.error(&ApiError::new(
+                    fault.status,
+                    &fault.error_type,
+                    fault.message,
+                ));
             }
             match Operation::from_path(&path) {
                 Some(operation) => self.control(operation, request).await,

@@ -203,7 +203,13 @@ impl Session {
     }
 
     /// A chunk of the request body arrived.
-    pub fn on_data(&mut self, now: Now, chunk: Bytes, faults: &mut dyn SessionFaults, out: &mut Vec<Action>) {
+    pub fn on_data(
+        &mut self,
+        now: Now,
+        chunk: Bytes,
+        faults: &mut dyn SessionFaults,
+        out: &mut Vec<Action>,
+    ) {
         if self.state != State::Receiving {
             return;
         }
@@ -302,7 +308,9 @@ impl Session {
         if self.state == State::Receiving {
             consider(self.last_data + self.settings.idle_timeout);
             if self.settings.ack_required {
-                let since = self.last_idle.map_or(self.last_data, |i| i.max(self.last_data));
+                let since = self
+                    .last_idle
+                    .map_or(self.last_data, |i| i.max(self.last_data));
                 consider(since + self.settings.idle_ack_interval);
             }
         }
@@ -335,8 +343,11 @@ impl Session {
                 self.close(out);
                 return;
             }
-            let since = self.last_idle.map_or(self.last_data, |i| i.max(self.last_data));
-            if self.settings.ack_required && now.instant >= since + self.settings.idle_ack_interval {
+            let since = self
+                .last_idle
+                .map_or(self.last_data, |i| i.max(self.last_data));
+            if self.settings.ack_required && now.instant >= since + self.settings.idle_ack_interval
+            {
                 out.push(Action::Send(Ack::idle()));
                 self.last_idle = Some(now.instant);
             }
@@ -388,7 +399,13 @@ impl Session {
     }
 
     /// Sends ERROR for the fragment `index` (if any) and ends the connection.
-    fn fail(&mut self, code: AckErrorCode, index: Option<u64>, message: String, out: &mut Vec<Action>) {
+    fn fail(
+        &mut self,
+        code: AckErrorCode,
+        index: Option<u64>,
+        message: String,
+        out: &mut Vec<Action>,
+    ) {
         let tracked = index.and_then(|i| self.tracked.iter_mut().find(|t| t.record.index == i));
         let (timecode, number) = match tracked {
             Some(tracked) => {
@@ -398,7 +415,10 @@ impl Session {
                     code: code.name().to_owned(),
                     message: message.clone(),
                 });
-                (Some(tracked.record.timecode), Some(tracked.record.fragment_number.clone()))
+                (
+                    Some(tracked.record.timecode),
+                    Some(tracked.record.fragment_number.clone()),
+                )
             }
             None => (None, None),
         };
@@ -418,8 +438,12 @@ impl Session {
     }
 
     fn producer_timestamp_ms(&self, timecode: u64) -> u64 {
-        let scale = self.header.as_ref().map_or(1_000_000, |h| h.timecode_scale_ns);
-        let ms = u64::try_from(u128::from(timecode) * u128::from(scale) / 1_000_000).unwrap_or(u64::MAX);
+        let scale = self
+            .header
+            .as_ref()
+            .map_or(1_000_000, |h| h.timecode_scale_ns);
+        let ms =
+            u64::try_from(u128::from(timecode) * u128::from(scale) / 1_000_000).unwrap_or(u64::MAX);
         match self.settings.timecode_type {
             TimecodeType::Absolute => ms,
             TimecodeType::Relative => self.settings.producer_start_ms.saturating_add(ms),
@@ -430,14 +454,27 @@ impl Session {
         match self.settings.timecode_type {
             TimecodeType::Absolute => timecode,
             TimecodeType::Relative => {
-                let scale = self.header.as_ref().map_or(1_000_000, |h| h.timecode_scale_ns).max(1);
-                let start = u128::from(self.settings.producer_start_ms) * 1_000_000 / u128::from(scale);
-                u64::try_from(start).unwrap_or(u64::MAX).saturating_add(timecode)
+                let scale = self
+                    .header
+                    .as_ref()
+                    .map_or(1_000_000, |h| h.timecode_scale_ns)
+                    .max(1);
+                let start =
+                    u128::from(self.settings.producer_start_ms) * 1_000_000 / u128::from(scale);
+                u64::try_from(start)
+                    .unwrap_or(u64::MAX)
+                    .saturating_add(timecode)
             }
         }
     }
 
-    fn handle(&mut self, event: CheckEvent, now: Now, faults: &mut dyn SessionFaults, out: &mut Vec<Action>) {
+    fn handle(
+        &mut self,
+        event: CheckEvent,
+        now: Now,
+        faults: &mut dyn SessionFaults,
+        out: &mut Vec<Action>,
+    ) {
         match event {
             CheckEvent::Header(header) => self.header = Some(header),
             CheckEvent::FragmentStart { index, timecode } => {
@@ -482,9 +519,19 @@ impl Session {
                         age.as_secs(),
                         self.settings.max_connection_duration.as_secs()
                     );
-                    self.fail(AckErrorCode::MaxConnectionDurationReached, Some(index), message, out);
+                    self.fail(
+                        AckErrorCode::MaxConnectionDurationReached,
+                        Some(index),
+                        message,
+                        out,
+                    );
                 } else if let Some(code) = faults.error_ack() {
-                    self.fail(AckErrorCode::from_id(code), Some(index), "injected".to_owned(), out);
+                    self.fail(
+                        AckErrorCode::from_id(code),
+                        Some(index),
+                        "injected".to_owned(),
+                        out,
+                    );
                 } else if faults.drop_mid_fragment() {
                     tracing::info!(stream = %self.settings.stream, index, "fault: dropping the connection mid-fragment");
                     self.drop_connection(out);
@@ -501,14 +548,26 @@ impl Session {
                     return;
                 };
                 let stored_timecode = self.stored_timecode(fragment.timecode);
-                let Some(tracked) = self.tracked.iter_mut().find(|t| t.record.index == fragment.index) else {
+                let Some(tracked) = self
+                    .tracked
+                    .iter_mut()
+                    .find(|t| t.record.index == fragment.index)
+                else {
                     return;
                 };
                 let record = &mut tracked.record;
                 record.first_timecode = fragment.first_timecode;
                 record.last_timecode = fragment.last_timecode;
-                record.frames = fragment.frames.iter().map(|t| (t.track, t.frames)).collect();
-                record.key_frames = fragment.frames.iter().map(|t| (t.track, t.key_frames)).collect();
+                record.frames = fragment
+                    .frames
+                    .iter()
+                    .map(|t| (t.track, t.frames))
+                    .collect();
+                record.key_frames = fragment
+                    .frames
+                    .iter()
+                    .map(|t| (t.track, t.key_frames))
+                    .collect();
                 record.bytes = fragment.bytes;
                 record.tags = fragment.tags.clone();
                 record.stored_timecode = Some(stored_timecode);
@@ -526,7 +585,9 @@ impl Session {
                     .tracked
                     .iter()
                     .rev()
-                    .find(|t| t.phase == Phase::Receiving && Some(t.record.timecode) == error.timecode)
+                    .find(|t| {
+                        t.phase == Phase::Receiving && Some(t.record.timecode) == error.timecode
+                    })
                     .map(|t| t.record.index);
                 self.fail(error.code, index, error.to_string(), out);
             }
@@ -564,7 +625,9 @@ pub(crate) async fn drive(
                     let store = shared.store_for(&stream);
                     let index = request.index;
                     let result = tokio::task::spawn_blocking(move || {
-                        let mut store = store.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let mut store = store
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
                         store
                             .append(&request.header, &request.fragment, request.stored_timecode)
                             .map_err(|e| e.to_string())
@@ -575,7 +638,9 @@ pub(crate) async fn drive(
                         tracing::warn!(%stream, %problem, "local endpoint could not store a fragment");
                     }
                     let now = shared.now();
-                    shared.with_faults(|faults| session.on_stored(now, index, result, faults, &mut scratch));
+                    shared.with_faults(|faults| {
+                        session.on_stored(now, index, result, faults, &mut scratch)
+                    });
                     queue.extend(scratch.drain(..));
                 }
                 Action::Record(record) => shared.record(*record),
@@ -725,7 +790,8 @@ mod tests {
         let mut w = EbmlWriter::new(&mut buf);
         w.begin_unknown(id::CLUSTER);
         w.uint(id::TIMECODE, timecode).unwrap();
-        w.binary(id::SIMPLE_BLOCK, &[0x81, 0, 0, 0x80, 1, 2, 3]).unwrap();
+        w.binary(id::SIMPLE_BLOCK, &[0x81, 0, 0, 0x80, 1, 2, 3])
+            .unwrap();
         w.binary(id::SIMPLE_BLOCK, &[0x81, 0, 33, 0, 4, 5]).unwrap();
         buf
     }
@@ -757,7 +823,11 @@ mod tests {
         fn new(persist: bool) -> Self {
             let t0 = Instant::now();
             Self {
-                session: Session::new(settings(persist), Arc::new(FragmentNumbers::default()), Self::at(t0, 0)),
+                session: Session::new(
+                    settings(persist),
+                    Arc::new(FragmentNumbers::default()),
+                    Self::at(t0, 0),
+                ),
                 faults: Faults::default(),
                 t0,
                 stored: Vec::new(),
@@ -796,7 +866,13 @@ mod tests {
                         self.log.push(format!("store {}", request.stored_timecode));
                         self.stored.push(request);
                         let mut out = Vec::new();
-                        self.session.on_stored(now, index, Ok("cam.mkv".into()), &mut self.faults, &mut out);
+                        self.session.on_stored(
+                            now,
+                            index,
+                            Ok("cam.mkv".into()),
+                            &mut self.faults,
+                            &mut out,
+                        );
                         queue.extend(out);
                     }
                     Action::Record(record) => self.records.push(*record),
@@ -809,13 +885,19 @@ mod tests {
 
         fn data(&mut self, ms: u64, bytes: &[u8]) {
             let mut out = Vec::new();
-            self.session.on_data(Self::at(self.t0, ms), Bytes::copy_from_slice(bytes), &mut self.faults, &mut out);
+            self.session.on_data(
+                Self::at(self.t0, ms),
+                Bytes::copy_from_slice(bytes),
+                &mut self.faults,
+                &mut out,
+            );
             self.run(ms, out);
         }
 
         fn end(&mut self, ms: u64) {
             let mut out = Vec::new();
-            self.session.on_end(Self::at(self.t0, ms), &mut self.faults, &mut out);
+            self.session
+                .on_end(Self::at(self.t0, ms), &mut self.faults, &mut out);
             self.run(ms, out);
         }
 
@@ -832,8 +914,19 @@ mod tests {
         h.data(0, &header());
         h.data(10, &cluster(0));
         h.data(20, &cluster(1000));
-        assert_eq!(h.log, ["BUFFERING 0", "store 1700000000000", "RECEIVED 0", "BUFFERING 1000"]);
-        assert_eq!(h.session.next_deadline(), Some(h.t0 + Duration::from_millis(120)));
+        assert_eq!(
+            h.log,
+            [
+                "BUFFERING 0",
+                "store 1700000000000",
+                "RECEIVED 0",
+                "BUFFERING 1000"
+            ]
+        );
+        assert_eq!(
+            h.session.next_deadline(),
+            Some(h.t0 + Duration::from_millis(120))
+        );
         h.tick(120);
         assert_eq!(h.log.last().map(String::as_str), Some("PERSISTED 0"));
         h.data(130, &eos());
@@ -841,11 +934,26 @@ mod tests {
         h.tick(240);
         assert_eq!(
             h.log[5..],
-            ["store 1700000001000", "RECEIVED 1000", "PERSISTED 1000", "close"]
+            [
+                "store 1700000001000",
+                "RECEIVED 1000",
+                "PERSISTED 1000",
+                "close"
+            ]
         );
         assert_eq!(h.records.len(), 2);
-        assert_eq!(h.records[1].acks, [AckEventType::Buffering, AckEventType::Received, AckEventType::Persisted]);
-        assert_eq!(h.records[1].tags, [(END_OF_FRAGMENT.to_owned(), String::new())]);
+        assert_eq!(
+            h.records[1].acks,
+            [
+                AckEventType::Buffering,
+                AckEventType::Received,
+                AckEventType::Persisted
+            ]
+        );
+        assert_eq!(
+            h.records[1].tags,
+            [(END_OF_FRAGMENT.to_owned(), String::new())]
+        );
         assert_eq!(h.records[0].frames, BTreeMap::from([(1, 2)]));
         assert_eq!(h.records[0].producer_timestamp_ms, 1_700_000_000_000);
         assert!(h.session.is_closed());
@@ -857,8 +965,14 @@ mod tests {
         h.data(0, &header());
         h.data(10, &cluster(0));
         h.end(20);
-        assert_eq!(h.log, ["BUFFERING 0", "store 1700000000000", "RECEIVED 0", "close"]);
-        assert_eq!(h.records[0].acks, [AckEventType::Buffering, AckEventType::Received]);
+        assert_eq!(
+            h.log,
+            ["BUFFERING 0", "store 1700000000000", "RECEIVED 0", "close"]
+        );
+        assert_eq!(
+            h.records[0].acks,
+            [AckEventType::Buffering, AckEventType::Received]
+        );
     }
 
     #[test]
@@ -870,7 +984,14 @@ mod tests {
         h.data(0, &body);
         assert_eq!(
             h.log,
-            ["BUFFERING 1000", "store 1700000001000", "RECEIVED 1000", "BUFFERING 1000", "ERROR 1000 4004", "close"]
+            [
+                "BUFFERING 1000",
+                "store 1700000001000",
+                "RECEIVED 1000",
+                "BUFFERING 1000",
+                "ERROR 1000 4004",
+                "close"
+            ]
         );
         assert_eq!(h.records.len(), 2);
         let failed = h.records.iter().find(|r| r.error.is_some()).unwrap();
@@ -900,19 +1021,34 @@ mod tests {
         h.faults.stall = Some(Duration::from_secs(3));
         body.extend(cluster(1000));
         h.data(0, &body);
-        assert_eq!(h.log, ["BUFFERING 0", "store 1700000000000", "RECEIVED 0", "stall 3000", "BUFFERING 1000"]);
+        assert_eq!(
+            h.log,
+            [
+                "BUFFERING 0",
+                "store 1700000000000",
+                "RECEIVED 0",
+                "stall 3000",
+                "BUFFERING 1000"
+            ]
+        );
     }
 
     #[test]
     fn idle_acks_then_idle_timeout() {
         let mut h = Harness::new(true);
         h.data(0, &header());
-        assert_eq!(h.session.next_deadline(), Some(h.t0 + Duration::from_secs(2)));
+        assert_eq!(
+            h.session.next_deadline(),
+            Some(h.t0 + Duration::from_secs(2))
+        );
         h.tick(2000);
         h.tick(4000);
         assert_eq!(h.log, ["IDLE", "IDLE"]);
         h.data(4500, &cluster(0));
-        assert_eq!(h.session.next_deadline(), Some(h.t0 + Duration::from_millis(6500)));
+        assert_eq!(
+            h.session.next_deadline(),
+            Some(h.t0 + Duration::from_millis(6500))
+        );
         h.tick(34_500);
         assert_eq!(h.log.last().map(String::as_str), Some("close"));
         // The fragment that never completed is recorded with what it got.
@@ -938,12 +1074,26 @@ mod tests {
         body.extend(cluster(0));
         body.extend(cluster(1000));
         let mut out = Vec::new();
-        h.session.on_data(Harness::at(h.t0, 0), Bytes::from(body), &mut h.faults, &mut out);
+        h.session.on_data(
+            Harness::at(h.t0, 0),
+            Bytes::from(body),
+            &mut h.faults,
+            &mut out,
+        );
         assert!(matches!(out.last(), Some(Action::Store(_))));
         let mut more = Vec::new();
-        h.session.on_stored(Harness::at(h.t0, 1), 0, Err("disk full".into()), &mut h.faults, &mut more);
+        h.session.on_stored(
+            Harness::at(h.t0, 1),
+            0,
+            Err("disk full".into()),
+            &mut h.faults,
+            &mut more,
+        );
         h.run(1, more);
         assert_eq!(h.log, ["ERROR 0 5001", "close"]);
-        assert_eq!(h.records[0].error.as_ref().map(|e| e.message.as_str()), Some("disk full"));
+        assert_eq!(
+            h.records[0].error.as_ref().map(|e| e.message.as_str()),
+            Some("disk full")
+        );
     }
 }

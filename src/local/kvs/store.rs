@@ -213,8 +213,14 @@ impl StreamStore {
                     let mut segment = Vec::with_capacity(5);
                     segment.extend_from_slice(&id::SEGMENT.to_be_bytes());
                     segment.push(UNKNOWN_SIZE);
-                    for part in [&header.ebml[..], &segment, &header.info, &header.tracks_element] {
-                        file.write_all(part).map_err(io_error("writing the header of", &path))?;
+                    for part in [
+                        &header.ebml[..],
+                        &segment,
+                        &header.info,
+                        &header.tracks_element,
+                    ] {
+                        file.write_all(part)
+                            .map_err(io_error("writing the header of", &path))?;
                     }
                     tracing::info!(stream = %self.stream, path = %path.display(), "local endpoint: storing fragments");
                     return Ok(self.current.insert(OpenFile {
@@ -363,10 +369,23 @@ mod tests {
         std::fs::write(dir.path().join("cam.mkv"), b"from an earlier run").unwrap();
         let mut store = StreamStore::new(dir.path(), "cam");
         let h264 = header("V_MPEG4/ISO/AVC");
-        assert_eq!(store.append(&h264, &fragment(b"A"), 7).unwrap(), "cam.1.mkv");
+        assert_eq!(
+            store.append(&h264, &fragment(b"A"), 7).unwrap(),
+            "cam.1.mkv"
+        );
         // A new session with an equal (not identical) header continues the file.
-        assert_eq!(store.append(&header("V_MPEG4/ISO/AVC"), &fragment(b"B"), 8).unwrap(), "cam.1.mkv");
-        assert_eq!(store.append(&header("V_MPEGH/ISO/HEVC"), &fragment(b"C"), 9).unwrap(), "cam.2.mkv");
+        assert_eq!(
+            store
+                .append(&header("V_MPEG4/ISO/AVC"), &fragment(b"B"), 8)
+                .unwrap(),
+            "cam.1.mkv"
+        );
+        assert_eq!(
+            store
+                .append(&header("V_MPEGH/ISO/HEVC"), &fragment(b"C"), 9)
+                .unwrap(),
+            "cam.2.mkv"
+        );
         let first = std::fs::read(dir.path().join("cam.1.mkv")).unwrap();
         let mut expected = b"EBML\x18\x53\x80\x67\xFFINFOTRACKS".to_vec();
         for (body, tc) in [(b"A", 7u64), (b"B", 8)] {
@@ -375,7 +394,10 @@ mod tests {
             expected.extend_from_slice(body);
         }
         assert_eq!(first, expected);
-        assert_eq!(std::fs::read(dir.path().join("cam.mkv")).unwrap(), b"from an earlier run");
+        assert_eq!(
+            std::fs::read(dir.path().join("cam.mkv")).unwrap(),
+            b"from an earlier run"
+        );
     }
 
     #[test]
@@ -397,7 +419,11 @@ mod tests {
             key_frames: BTreeMap::from([(1, 1), (2, 94)]),
             bytes: 12345,
             tags: vec![("site".into(), "7".into())],
-            acks: vec![AckEventType::Buffering, AckEventType::Received, AckEventType::Persisted],
+            acks: vec![
+                AckEventType::Buffering,
+                AckEventType::Received,
+                AckEventType::Persisted,
+            ],
             error: None,
             stored: true,
             file: Some("cam.mkv".into()),
