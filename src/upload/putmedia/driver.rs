@@ -20,7 +20,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -66,9 +66,66 @@ pub struct UploadCounters {
     fragments_acked: AtomicU64,
     fragments_skipped: AtomicU64,
     bytes_sent: AtomicU64,
+    error_acks: AtomicU64,
+    /// Milliseconds from a fragment's first byte sent to its final ACK, last seen.
+    last_ack_latency_ms: AtomicU64,
+    /// The session's state ([`state_code`]).
+    state: AtomicU8,
+}
+
+/// `StateKind` as a number for an atomic (and back).
+fn state_code(state: StateKind) -> u8 {
+    match state {
+        StateKind::Describe => 0,
+        StateKind::Create => 1,
+        StateKind::Tag => 2,
+        StateKind::GetEndpoint => 3,
+        StateKind::Connecting => 4,
+        StateKind::Streaming => 5,
+        StateKind::Draining => 6,
+        StateKind::Idle => 7,
+        StateKind::Backoff => 8,
+        StateKind::Paused => 9,
+        StateKind::Stopped => 10,
+    }
+}
+
+fn state_of(code: u8) -> StateKind {
+    match code {
+        0 => StateKind::Describe,
+        1 => StateKind::Create,
+        2 => StateKind::Tag,
+        3 => StateKind::GetEndpoint,
+        4 => StateKind::Connecting,
+        5 => StateKind::Streaming,
+        6 => StateKind::Draining,
+        7 => StateKind::Idle,
+        8 => StateKind::Backoff,
+        9 => StateKind::Paused,
+        _ => StateKind::Stopped,
+    }
 }
 
 impl UploadCounters {
+    /// The session's state, as last published by the driver.
+    pub fn state(&self) -> StateKind {
+        state_of(self.state.load(Ordering::Relaxed))
+    }
+
+    /// ERROR ACKs received so far.
+    pub fn error_acks(&self) -> u64 {
+        self.error_acks.load(Ordering::Relaxed)
+    }
+
+    /// Time from a fragment's first byte sent to its final ACK, for the last one acknowledged.
+    pub fn last_ack_latency_ms(&self) -> u64 {
+        self.last_ack_latency_ms.load(Ordering::Relaxed)
+    }
+
+    fn set_state(&self, state: StateKind) {
+        self.state.store(state_code(state), Ordering::Relaxed);
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> UploadSummary {
         UploadSummary {
@@ -303,6 +360,7 @@ impl PutMediaDriver {
         let mut drained = false;
         loop {
             self.execute_actions();
+            self.counters.set_state(self.session.state());
             if self.session.is_stopped() {
                 drained = true;
                 break;
@@ -1035,6 +1093,21 @@ impl PutMediaDriver {
                 // Only final ACKs reach the buffer (through `AckFragment`): its fragment states
                 // then still tell which fragment the muxer is writing.
                 tracing::trace!(stream, %conn, ?ack, ?latency, "ACK");
+                match ack.kind {
+                    crate::upload::ack::AckKind::Error { .. } => {
+                        UploadCounters::add(&self.counters.error_acks, 1);
+                    }
+                    crate::upload::ack::AckKind::Persisted
+                    | crate::upload::ack::AckKind::Received => {
+                        if let Some(latency) = latency {
+                            self.counters.last_ack_latency_ms.store(
+                                u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+                                Ordering::Relaxed,
+                            );
+                        }
+                    }
+                    _ => {}
+                }
             }
             SessionEvent::UnexpectedAck { conn, timecode_ms } => {
                 tracing::debug!(stream, %conn, ?timecode_ms, "ACK for a fragment not in flight");
