@@ -632,7 +632,9 @@ impl super::Handler for KvsHandler {
                     format!("{} {path}: operations take POST", request.method()),
                 ));
             }
-            if let Some(fault) = lock(&self.shared.faults).take_http_error(name) {
+            // The guard must be gone before `error` reads the clock (same mutex).
+            let fault = lock(&self.shared.faults).take_http_error(name);
+            if let Some(fault) = fault {
                 tracing::info!(operation = name, status = fault.status, "fault: HTTP error");
                 return self.error(&ApiError::new(
                     fault.status,
