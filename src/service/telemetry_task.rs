@@ -51,7 +51,8 @@ pub enum TelemetryStartError {
 
 /// The running telemetry tasks.
 pub struct Telemetry {
-    stop: watch::Sender<bool>,
+    stop_collecting: watch::Sender<bool>,
+    stop_producing: watch::Sender<bool>,
     collector: JoinHandle<()>,
     producer: JoinHandle<Result<ProducerStats, TelemetryError>>,
 }
@@ -159,8 +160,9 @@ impl Telemetry {
             })
             .collect();
 
-        let (stop, stop_rx) = watch::channel(false);
-        let mut producer_stop = stop_rx.clone();
+        // Two signals: the producer stops only once the last sample is spooled.
+        let (stop_collecting, stop_rx) = watch::channel(false);
+        let (stop_producing, mut producer_stop) = watch::channel(false);
         let producer = tokio::spawn(producer.run(async move {
             let _ = producer_stop.wait_for(|stop| *stop).await;
         }));
@@ -168,7 +170,8 @@ impl Telemetry {
         let collector = tokio::spawn(collect_loop(collector, feeds, spool, interval, stop_rx));
         tracing::info!(%stream, device_id = %device, ?interval, "telemetry started");
         Ok(Some(Self {
-            stop,
+            stop_collecting,
+            stop_producing,
             collector,
             producer,
         }))
@@ -178,10 +181,11 @@ impl Telemetry {
     /// shutdown deadline; at least [`MIN_DRAIN`] from now). What is not sent by then stays in
     /// the spool for the next start.
     pub async fn stop(self, deadline: Instant) {
-        self.stop.send_replace(true);
+        self.stop_collecting.send_replace(true);
         if self.collector.await.is_err() {
             tracing::error!("the telemetry collector task failed");
         }
+        self.stop_producing.send_replace(true);
         let until = deadline.max(Instant::now() + MIN_DRAIN);
         let abort = self.producer.abort_handle();
         let joined = tokio::time::timeout_at(until.into(), self.producer).await;
