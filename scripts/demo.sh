@@ -2,8 +2,9 @@
 # The daemon's main job on a fresh Debian/Ubuntu machine with nothing but Rust: installs the
 # GStreamer packages it needs, starts the local Kinesis endpoint on 127.0.0.1 (no AWS account
 # needed), streams the GStreamer test sources (a moving picture and a tone) to it for
-# DURATION seconds (default 30) with `kinesis-edge run`, stops the daemon with SIGTERM, and
-# points at the playable file of what arrived.
+# DURATION seconds (default 30) with `kinesis-edge run` (which also sends device and camera
+# health every 5 s to the endpoint's Kinesis data stream "kinesis-edge-telemetry"), stops the
+# daemon with SIGTERM, and points at the playable file of what arrived.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -18,6 +19,7 @@ export AWS_REGION=us-west-2 AWS_ACCESS_KEY_ID=AKIDLOCALDEMO AWS_SECRET_ACCESS_KE
 export AWS_ENDPOINT_URL="http://127.0.0.1:$port"
 "$bin" local-endpoint --listen "127.0.0.1:$port" --data-dir "$state/local-endpoint" \
   --access-key "$AWS_ACCESS_KEY_ID" --secret-key "$AWS_SECRET_ACCESS_KEY" \
+  --data-stream kinesis-edge-telemetry:1 \
   >"$state/local-endpoint.log" 2>&1 &
 endpoint=$!
 trap 'kill $endpoint 2>/dev/null || true' EXIT

@@ -25,6 +25,8 @@ struct Setup {
     config: PathBuf,
 }
 
+const TELEMETRY_STREAM: &str = "edge-telemetry";
+
 async fn setup(shutdown_timeout_s: u32) -> Setup {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut endpoint_config = LocalEndpointConfig::new(dir.path().join("kvs"));
@@ -33,6 +35,7 @@ async fn setup(shutdown_timeout_s: u32) -> Setup {
     let endpoint = LocalEndpoint::start(endpoint_config)
         .await
         .expect("local endpoint");
+    assert!(endpoint.kds().create_stream(TELEMETRY_STREAM, 1));
     let config = dir.path().join("kinesis-edge.toml");
     let text = format!(
         r#"
@@ -58,11 +61,20 @@ metadata = {{ site = "test-lab" }}
 memory_mb = 4
 disk = {{ dir = "{buffer}", max_mb = 64 }}
 
+[telemetry]
+enabled = true
+stream = "{TELEMETRY_STREAM}"
+interval_s = 2
+endpoint = "{url}"
+spool = {{ dir = "{spool}", max_mb = 4 }}
+
 [service]
+device_id = "test-device"
 shutdown_timeout_s = {shutdown_timeout_s}
 "#,
         url = endpoint.url(),
         buffer = dir.path().join("buffer").display(),
+        spool = dir.path().join("telemetry").display(),
     );
     std::fs::write(&config, text).expect("write config");
     Setup {

@@ -59,6 +59,9 @@ pub struct CameraHealth {
     /// ms since `origin` (+1, 0 = never).
     last_frame: AtomicU64,
     heartbeat: AtomicU64,
+    frames: AtomicU64,
+    bytes: AtomicU64,
+    frames_dropped: AtomicU64,
 }
 
 impl Default for CameraHealth {
@@ -75,6 +78,9 @@ impl CameraHealth {
             state: AtomicU8::new(CameraState::Starting as u8),
             last_frame: AtomicU64::new(0),
             heartbeat: AtomicU64::new(1),
+            frames: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            frames_dropped: AtomicU64::new(0),
         }
     }
 
@@ -93,10 +99,31 @@ impl CameraHealth {
             .store(self.stamp(Instant::now()), Ordering::Relaxed);
     }
 
-    fn frame(&self) {
+    fn frame(&self, bytes: usize) {
         let now = self.stamp(Instant::now());
         self.last_frame.store(now, Ordering::Relaxed);
         self.heartbeat.store(now, Ordering::Relaxed);
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn dropped(&self, frames: u64) {
+        self.frames_dropped.fetch_add(frames, Ordering::Relaxed);
+    }
+
+    /// Frames taken from the pipelines so far.
+    pub fn frames(&self) -> u64 {
+        self.frames.load(Ordering::Relaxed)
+    }
+
+    /// Payload bytes taken from the pipelines so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Frames dropped before the buffer (capture channel full, refused by the muxer).
+    pub fn frames_dropped(&self) -> u64 {
+        self.frames_dropped.load(Ordering::Relaxed)
     }
 
     fn set_state(&self, state: CameraState) {
@@ -281,12 +308,14 @@ impl CameraLoop {
                     }
                     self.health.set_state(CameraState::Streaming);
                     let (end, frames) = self.pump(events, &mut stop);
-                    self.summary.frames_dropped_by_capture += capture
+                    let dropped = capture
                         .stats()
                         .tracks
                         .iter()
                         .map(|t| t.dropped_channel_full)
                         .sum::<u64>();
+                    self.summary.frames_dropped_by_capture += dropped;
+                    self.health.dropped(dropped);
                     self.control.set_current(None);
                     // Dropping the last handle sets the pipeline to NULL.
                     drop(capture);
@@ -410,10 +439,12 @@ impl CameraLoop {
                 }
                 CaptureEvent::Frame(frame) => {
                     frames += 1;
-                    self.health.frame();
+                    self.health.frame(frame.data.len());
                     if let Some(muxer) = muxer.as_mut() {
-                        if let Err(error) = push(muxer, frame, &mut self.writer) {
-                            break RunEnd::MuxFailed(error);
+                        match push(muxer, frame, &mut self.writer) {
+                            Ok(true) => {}
+                            Ok(false) => self.health.dropped(1),
+                            Err(error) => break RunEnd::MuxFailed(error),
                         }
                         continue;
                     }
@@ -426,9 +457,13 @@ impl CameraLoop {
                         };
                         let mut failed = None;
                         for frame in waiting.drain(..) {
-                            if let Err(error) = push(&mut created, frame, &mut self.writer) {
-                                failed = Some(error);
-                                break;
+                            match push(&mut created, frame, &mut self.writer) {
+                                Ok(true) => {}
+                                Ok(false) => self.health.dropped(1),
+                                Err(error) => {
+                                    failed = Some(error);
+                                    break;
+                                }
                             }
                         }
                         muxer = Some(created);
@@ -466,18 +501,18 @@ impl CameraLoop {
     }
 }
 
-/// Pushes a frame; a frame error drops that frame (logged, counted by the muxer), any other
-/// error is returned.
+/// Pushes a frame: `Ok(false)` when a frame error dropped a frame (logged, counted by the
+/// muxer); any other error is returned.
 fn push(
     muxer: &mut FragmentMuxer,
     frame: Frame,
     writer: &mut FragmentWriter,
-) -> Result<(), MuxError> {
+) -> Result<bool, MuxError> {
     match muxer.push(frame, writer) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(true),
         Err(error) if error.is_frame_error() => {
             tracing::debug!(%error, "frame dropped by the muxer");
-            Ok(())
+            Ok(false)
         }
         Err(error) => Err(error),
     }
@@ -494,7 +529,8 @@ mod tests {
         let now = Instant::now();
         assert!(health.is_alive(now, limit), "starting");
         health.set_state(CameraState::Streaming);
-        health.frame();
+        health.frame(100);
+        assert_eq!((health.frames(), health.bytes()), (1, 100));
         assert!(health.is_alive(Instant::now(), limit));
         let later = Instant::now() + Duration::from_secs(30);
         assert!(

@@ -4,7 +4,8 @@
 //! - [`record`]: one camera into a Matroska file;
 //! - [`run`]: every camera to its Kinesis video stream, with [`capture_task`] (the capture →
 //!   muxer → log loop on its own thread), [`access`] (configuration → credentials, endpoint,
-//!   signing region) and [`systemd`] (readiness, watchdog, stopping).
+//!   signing region), [`systemd`] (readiness, watchdog, stopping) and [`telemetry_task`]
+//!   (device and camera records to a Kinesis data stream).
 
 pub mod access;
 pub mod camera;
@@ -13,3 +14,4 @@ pub mod put_record;
 pub mod record;
 pub mod run;
 pub mod systemd;
+pub mod telemetry_task;

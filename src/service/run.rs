@@ -9,9 +9,12 @@
 //! Shutdown, in order: `STOPPING=1`; EOS into every pipeline (the open fragment closes); each
 //! uploader sends what is buffered and waits for its PERSISTED ACKs, within
 //! `service.shutdown_timeout_s`; connections close; the logs flush to disk. What was not
-//! acknowledged stays on disk and is uploaded first, in order, at the next start. A second
-//! signal cuts the wait short.
+//! acknowledged stays on disk and is uploaded first, in order, at the next start; then
+//! telemetry ([`super::telemetry_task`]) takes a last sample and sends its spool until the same
+//! deadline (at least a second), leaving the rest spooled for the next start. A second signal
+//! cuts the wait short.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -22,6 +25,7 @@ use super::access::{self, AccessError};
 use super::camera;
 use super::capture_task::{CameraHealth, CameraLoop, CaptureControl, CaptureSummary};
 use super::systemd;
+use super::telemetry_task::Telemetry;
 use crate::aws::{EnvLookup, process_env};
 use crate::buffer::{Budgets, BufferError, FragmentLog, StatsHandle};
 use crate::config::{self, CameraConfig, ValidatedConfig};
@@ -93,8 +97,10 @@ pub struct CameraStatus {
     pub buffer: StatsHandle,
     /// The uploader's counters.
     pub upload: Arc<UploadCounters>,
-    /// The capture loop's liveness.
+    /// The capture loop's liveness and frame counters.
     pub health: Arc<CameraHealth>,
+    /// The buffer's directory (its file system's free space is reported).
+    pub buffer_dir: PathBuf,
 }
 
 /// What one camera did during the run.
@@ -131,6 +137,7 @@ struct RunningCamera {
 /// The running daemon.
 pub struct Daemon {
     cameras: Vec<RunningCamera>,
+    telemetry: Option<Telemetry>,
     stop_uploads: watch::Sender<Option<Instant>>,
     shutdown_timeout: Duration,
 }
@@ -168,6 +175,7 @@ impl Daemon {
         let (stop_uploads, stop_rx) = watch::channel(None);
         let mut daemon = Daemon {
             cameras: Vec::with_capacity(config.camera.len()),
+            telemetry: None,
             stop_uploads,
             shutdown_timeout: Duration::from_secs(u64::from(config.service.shutdown_timeout_s)),
         };
@@ -181,6 +189,11 @@ impl Daemon {
                     return Err(error);
                 }
             }
+        }
+        // Telemetry is beside the video path: if it cannot start, the cameras still stream.
+        match Telemetry::start(config, &env, &access, &daemon.cameras()) {
+            Ok(telemetry) => daemon.telemetry = telemetry,
+            Err(error) => tracing::error!(%error, "telemetry disabled for this run"),
         }
         let wait_until = tokio::time::Instant::now() + START_WAIT;
         for camera in &mut daemon.cameras {
@@ -228,6 +241,9 @@ impl Daemon {
         });
         let summary = self.collect(deadline).await;
         cut.abort();
+        if let Some(telemetry) = self.telemetry.take() {
+            telemetry.stop(deadline).await;
+        }
         summary
     }
 
@@ -237,6 +253,9 @@ impl Daemon {
         }
         self.stop_uploads.send_replace(Some(Instant::now()));
         let _ = self.collect(Instant::now()).await;
+        if let Some(telemetry) = self.telemetry.take() {
+            telemetry.stop(Instant::now()).await;
+        }
     }
 
     async fn collect(&mut self, deadline: Instant) -> RunSummary {
@@ -368,6 +387,7 @@ fn start_camera(
             buffer: buffer_stats,
             upload: upload_counters,
             health,
+            buffer_dir: buffer.disk.dir.clone(),
         },
         recovered: report.fragments_recovered,
         control,

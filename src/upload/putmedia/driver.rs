@@ -20,7 +20,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -30,7 +30,9 @@ use tokio::task::JoinHandle;
 use super::body::{BodySender, SendError, body_channel};
 use super::http::{KvsAccess, PutMediaTarget, TimecodeType};
 use super::pacer::{Pacer, PacingLimits};
-use crate::buffer::{self, FragmentReader, ReadResult, SessionId, StreamSession};
+use crate::buffer::{
+    self, FragmentId, FragmentReader, FragmentState, ReadResult, SessionId, StreamSession,
+};
 use crate::upload::backoff::JitterSource;
 use crate::upload::errors::{Failure, TransportKind};
 use crate::upload::session::{
@@ -64,9 +66,66 @@ pub struct UploadCounters {
     fragments_acked: AtomicU64,
     fragments_skipped: AtomicU64,
     bytes_sent: AtomicU64,
+    error_acks: AtomicU64,
+    /// Milliseconds from a fragment's first byte sent to its final ACK, last seen.
+    last_ack_latency_ms: AtomicU64,
+    /// The session's state ([`state_code`]).
+    state: AtomicU8,
+}
+
+/// `StateKind` as a number for an atomic (and back).
+fn state_code(state: StateKind) -> u8 {
+    match state {
+        StateKind::Describe => 0,
+        StateKind::Create => 1,
+        StateKind::Tag => 2,
+        StateKind::GetEndpoint => 3,
+        StateKind::Connecting => 4,
+        StateKind::Streaming => 5,
+        StateKind::Draining => 6,
+        StateKind::Idle => 7,
+        StateKind::Backoff => 8,
+        StateKind::Paused => 9,
+        StateKind::Stopped => 10,
+    }
+}
+
+fn state_of(code: u8) -> StateKind {
+    match code {
+        0 => StateKind::Describe,
+        1 => StateKind::Create,
+        2 => StateKind::Tag,
+        3 => StateKind::GetEndpoint,
+        4 => StateKind::Connecting,
+        5 => StateKind::Streaming,
+        6 => StateKind::Draining,
+        7 => StateKind::Idle,
+        8 => StateKind::Backoff,
+        9 => StateKind::Paused,
+        _ => StateKind::Stopped,
+    }
 }
 
 impl UploadCounters {
+    /// The session's state, as last published by the driver.
+    pub fn state(&self) -> StateKind {
+        state_of(self.state.load(Ordering::Relaxed))
+    }
+
+    /// ERROR ACKs received so far.
+    pub fn error_acks(&self) -> u64 {
+        self.error_acks.load(Ordering::Relaxed)
+    }
+
+    /// Time from a fragment's first byte sent to its final ACK, for the last one acknowledged.
+    pub fn last_ack_latency_ms(&self) -> u64 {
+        self.last_ack_latency_ms.load(Ordering::Relaxed)
+    }
+
+    fn set_state(&self, state: StateKind) {
+        self.state.store(state_code(state), Ordering::Relaxed);
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> UploadSummary {
         UploadSummary {
@@ -142,6 +201,8 @@ struct Conn {
     /// Nothing more follows on this connection for now: send the end-of-fragment tag so the
     /// service completes (and acknowledges) the last fragment.
     end_tag_pending: bool,
+    /// A fragment the service refused for good is being read past (not sent).
+    discarding: Option<FragmentId>,
     /// Session events held until HTTP 200 (the session ignores fragments of a connection it
     /// does not know as open yet).
     deferred: Vec<Event>,
@@ -164,6 +225,7 @@ impl Conn {
             switch_pending: false,
             needs_end_tag: false,
             end_tag_pending: false,
+            discarding: None,
             deferred: Vec::new(),
         }
     }
@@ -223,8 +285,13 @@ pub struct PutMediaDriver {
     last_carried: Option<SessionId>,
     /// `AWS_KINESISVIDEO_END_OF_FRAGMENT` Tags.
     end_of_fragment: Bytes,
+    /// Skips of fragments the muxer is still writing (session, timecode, error id): applied
+    /// once they close, and such a fragment is not sent again meanwhile.
+    deferred_skips: Vec<(SessionId, u64, u32)>,
     retention_off: bool,
     shutdown_sent: bool,
+    /// A stop was requested: flush, then shut the session down.
+    flushing: bool,
     counters: Arc<UploadCounters>,
 }
 
@@ -272,8 +339,10 @@ impl PutMediaDriver {
             lookahead: false,
             last_carried: None,
             end_of_fragment,
+            deferred_skips: Vec::new(),
             retention_off: false,
             shutdown_sent: false,
+            flushing: false,
             counters: Arc::new(UploadCounters::default()),
         })
     }
@@ -291,11 +360,13 @@ impl PutMediaDriver {
         let mut drained = false;
         loop {
             self.execute_actions();
+            self.counters.set_state(self.session.state());
             if self.session.is_stopped() {
                 drained = true;
                 break;
             }
             if let Some(at) = deadline {
+                self.flushing = true;
                 if Instant::now() >= at {
                     tracing::warn!(
                         stream = %self.stream_name,
@@ -383,8 +454,9 @@ impl PutMediaDriver {
             room_only: false,
         };
         let Some(conn) = &self.conn else {
-            // No connection: watch the log only to wake an idle session.
-            let probe = self.session.state() == StateKind::Idle
+            // No connection: watch the log to wake an idle session, and while stopping to
+            // learn that the writer is gone.
+            let probe = (self.session.state() == StateKind::Idle || self.flushing)
                 && !self.lookahead
                 && !self.reader_finished
                 && !self.shutdown_sent;
@@ -531,6 +603,14 @@ impl PutMediaDriver {
                     self.close_if_switch_done(now);
                     return;
                 }
+                if self
+                    .deferred_skips
+                    .iter()
+                    .any(|(session, tc, _)| *session == meta.session && *tc == meta.timecode_ms)
+                {
+                    conn.discarding = Some(meta.id);
+                    return;
+                }
                 if let Some(at) = self.pacer.fragment_start_at(now) {
                     self.hold(ReadResult::FragmentStart(meta), at);
                     return;
@@ -556,6 +636,7 @@ impl PutMediaDriver {
                 };
                 self.tell(event, now);
             }
+            ReadResult::Chunk(_) if conn.discarding.is_some() => {}
             ReadResult::Chunk(chunk) => {
                 if let Some(at) = self.pacer.chunk_at(now) {
                     self.hold(ReadResult::Chunk(chunk), at);
@@ -567,7 +648,15 @@ impl PutMediaDriver {
                     UploadCounters::add(&self.counters.bytes_sent, len as u64);
                 }
             }
+            ReadResult::FragmentEnd(id) if conn.discarding == Some(id) => {
+                conn.discarding = None;
+                self.apply_deferred_skips();
+            }
             ReadResult::FragmentEnd(_) => {
+                self.apply_deferred_skips_if_any();
+                let Some(conn) = self.conn.as_mut() else {
+                    return;
+                };
                 if let Some(timecode_ms) = conn.in_fragment.take() {
                     conn.needs_end_tag = true;
                     conn.end_tag_pending = conn.finishing;
@@ -578,6 +667,10 @@ impl PutMediaDriver {
                     UploadCounters::add(&self.counters.fragments_sent, 1);
                     self.tell(event, now);
                 }
+            }
+            ReadResult::FragmentAborted(id) if conn.discarding == Some(id) => {
+                conn.discarding = None;
+                self.apply_deferred_skips();
             }
             ReadResult::FragmentAborted(id) => {
                 let id_conn = conn.id;
@@ -769,6 +862,7 @@ impl PutMediaDriver {
                 if let Some(old) = self.conn.take() {
                     old.close();
                 }
+                self.apply_deferred_skips_if_any();
                 self.reader.rewind_to_first_unacked();
                 self.reader_finished = false;
                 self.lookahead = false;
@@ -825,18 +919,15 @@ impl PutMediaDriver {
             Action::SkipFragment { timecode_ms, code } => {
                 let now = Instant::now();
                 if let Some(session) = self.fragment_session(timecode_ms) {
-                    match self.reader.skip(session, timecode_ms, code.id()) {
-                        Ok(id) => tracing::warn!(
-                            stream = %self.stream_name,
-                            fragment = %id,
-                            timecode_ms,
-                            %code,
-                            "the service refused the fragment for good; skipped"
-                        ),
-                        Err(error) => {
-                            tracing::warn!(stream = %self.stream_name, %error, "skip not applied")
-                        }
-                    }
+                    tracing::warn!(
+                        stream = %self.stream_name,
+                        timecode_ms,
+                        %code,
+                        "the service refused the fragment for good; skipping it"
+                    );
+                    self.deferred_skips.push((session, timecode_ms, code.id()));
+                    // A fragment the muxer still writes is skipped once it closes.
+                    self.apply_deferred_skips();
                 }
                 UploadCounters::add(&self.counters.fragments_skipped, 1);
                 self.fragment_done(timecode_ms, now);
@@ -866,6 +957,41 @@ impl PutMediaDriver {
         }
         UploadCounters::add(&self.counters.fragments_acked, 1);
         self.fragment_done(timecode_ms, now);
+    }
+
+    fn apply_deferred_skips_if_any(&mut self) {
+        if !self.deferred_skips.is_empty() {
+            self.apply_deferred_skips();
+        }
+    }
+
+    /// Skips the refused fragments that are no longer open in the log.
+    fn apply_deferred_skips(&mut self) {
+        if self.deferred_skips.is_empty() {
+            return;
+        }
+        let open: Vec<(SessionId, u64)> = self
+            .reader
+            .fragments()
+            .iter()
+            .filter(|f| f.state == FragmentState::Open)
+            .map(|f| (f.session, f.timecode_ms))
+            .collect();
+        let reader = &self.reader;
+        let stream = self.stream_name.as_str();
+        self.deferred_skips.retain(|(session, timecode_ms, code)| {
+            if open.contains(&(*session, *timecode_ms)) {
+                return true;
+            }
+            match reader.skip(*session, *timecode_ms, *code) {
+                Ok(id) => {
+                    tracing::debug!(stream, fragment = %id, timecode_ms, "skipped in the buffer")
+                }
+                // Already gone (evicted, or abandoned by the muxer): nothing to skip.
+                Err(error) => tracing::debug!(stream, %error, "skip not applied"),
+            }
+            false
+        });
     }
 
     fn fragment_session(&self, timecode_ms: u64) -> Option<SessionId> {
@@ -904,7 +1030,10 @@ impl PutMediaDriver {
         if self.shutdown_sent {
             return;
         }
+        // Everything the muxer wrote is done with (the writer is gone and nothing is left).
+        let nothing_left = self.reader_finished && self.reader.stats().fragments_buffered == 0;
         let ready = match &self.conn {
+            Some(conn) if conn.stage == Stage::AwaitingData => nothing_left,
             Some(conn) => {
                 conn.stage == Stage::Streaming
                     && self.reader_finished
@@ -915,16 +1044,13 @@ impl PutMediaDriver {
             }
             None => match self.session.state() {
                 StateKind::Paused | StateKind::Stopped => true,
+                _ if nothing_left => true,
                 StateKind::Idle if self.reader_finished => {
-                    if self.reader.stats().fragments_buffered == 0 {
-                        true
-                    } else {
-                        // Something unacknowledged is behind the cursor: look again from the
-                        // first unacknowledged fragment.
-                        self.reader.rewind_to_first_unacked();
-                        self.reader_finished = false;
-                        false
-                    }
+                    // Something unacknowledged is behind the cursor: look again from the
+                    // first unacknowledged fragment.
+                    self.reader.rewind_to_first_unacked();
+                    self.reader_finished = false;
+                    false
                 }
                 _ => false,
             },
@@ -964,16 +1090,23 @@ impl PutMediaDriver {
                 tracing::info!(stream, %conn, ?rotate_in, "PutMedia streaming");
             }
             SessionEvent::AckReceived { conn, ack, latency } => {
+                // Only final ACKs reach the buffer (through `AckFragment`): its fragment states
+                // then still tell which fragment the muxer is writing.
                 tracing::trace!(stream, %conn, ?ack, ?latency, "ACK");
-                if let (crate::upload::ack::AckKind::Buffering, Some(tc), Some(session)) = (
-                    &ack.kind,
-                    ack.fragment_timecode_ms,
-                    self.conn
-                        .as_ref()
-                        .and_then(|c| c.carries.as_ref().map(|s| s.id())),
-                ) {
-                    // Progress only; a miss (already final) is harmless.
-                    let _ = self.reader.ack(session, tc, buffer::AckKind::Buffering);
+                match ack.kind {
+                    crate::upload::ack::AckKind::Error { .. } => {
+                        UploadCounters::add(&self.counters.error_acks, 1);
+                    }
+                    crate::upload::ack::AckKind::Persisted
+                    | crate::upload::ack::AckKind::Received => {
+                        if let Some(latency) = latency {
+                            self.counters.last_ack_latency_ms.store(
+                                u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+                                Ordering::Relaxed,
+                            );
+                        }
+                    }
+                    _ => {}
                 }
             }
             SessionEvent::UnexpectedAck { conn, timecode_ms } => {

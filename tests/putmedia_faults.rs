@@ -1,0 +1,450 @@
+//! The uploader (session + driver + fragment log) against the local endpoint's faults, in
+//! process: a producer thread muxes a real H.264 key frame 20 times a second into 500 ms
+//! fragments; the endpoint drops, stalls, refuses, throttles, answers ERROR ACKs or runs its
+//! clock 10 minutes ahead. After each run every fragment the muxer closed must be PERSISTED
+//! exactly once, except fragments the service refused for good (skipped and counted), and
+//! duplicates may only be of fragments that never got their PERSISTED ACK.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use kinesis_edge::aws::{
+    ClockSkew, Credentials, CredentialsCache, DEFAULT_REFRESH_BEFORE, StaticProvider,
+};
+use kinesis_edge::buffer::{Budgets, FragmentLog, FragmentWriter};
+use kinesis_edge::local::kvs::ack::AckEventType;
+use kinesis_edge::local::kvs::faults::{
+    ErrorAckRequest, FaultRequest, HttpErrorRequest, StallRequest,
+};
+use kinesis_edge::local::kvs::store::FragmentRecord;
+use kinesis_edge::local::kvs::{LocalEndpoint, LocalEndpointConfig};
+use kinesis_edge::media::{Codec, Frame, NalFormat};
+use kinesis_edge::mkv::{
+    FragmentEnd, FragmentMuxer, FragmentStart, FragmentTags, MuxSink, MuxerConfig, TrackSpec,
+};
+use kinesis_edge::upload::backoff::SplitMix64;
+use kinesis_edge::upload::putmedia::{
+    KvsAccess, PacingLimits, PutMediaDriver, StreamSettings, TimecodeType, UploadSummary,
+};
+use kinesis_edge::upload::session::SessionConfig;
+
+const STREAM: &str = "yard";
+const KEY_ID: &str = "AKIDFAULTS";
+const SECRET: &str = "faults-secret";
+const KEY_FRAME: &[u8] = include_bytes!("fixtures/media/h264-baseline-896x504-key.h264");
+const FPS: u64 = 20;
+
+/// Counts what the muxer closed, then hands everything to the log.
+struct Tee {
+    writer: FragmentWriter,
+    closed: Arc<Mutex<BTreeMap<u64, u32>>>,
+}
+
+impl MuxSink for Tee {
+    fn stream_header(&mut self, header: &Bytes) -> io::Result<()> {
+        self.writer.stream_header(header)
+    }
+    fn fragment_start(&mut self, start: &FragmentStart) -> io::Result<()> {
+        self.writer.fragment_start(start)
+    }
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.writer.write(bytes)
+    }
+    fn write_payload(&mut self, payload: &Bytes) -> io::Result<()> {
+        self.writer.write_payload(payload)
+    }
+    fn fragment_end(&mut self, end: &FragmentEnd) -> io::Result<()> {
+        if let Ok(mut closed) = self.closed.lock() {
+            closed.insert(end.timecode_ms, end.frames);
+        }
+        self.writer.fragment_end(end)
+    }
+    fn stream_end(&mut self, trailer: &[u8]) -> io::Result<()> {
+        self.writer.stream_end(trailer)
+    }
+}
+
+struct Run {
+    endpoint: LocalEndpoint,
+    _dir: tempfile::TempDir,
+    summary: UploadSummary,
+    closed: BTreeMap<u64, u32>,
+}
+
+/// Streams `seconds` of video; `faults` runs beside it (arming faults at chosen times);
+/// then the uploader gets `flush` to finish.
+async fn stream<F, Fut>(
+    seconds: u64,
+    initial: FaultRequest,
+    tune: impl FnOnce(&mut SessionConfig),
+    faults: F,
+) -> Run
+where
+    F: FnOnce(Arc<LocalEndpoint>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    if let Ok(filter) = std::env::var("TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = LocalEndpointConfig::new(dir.path().join("kvs"));
+    config.credentials = vec![Credentials::new(KEY_ID, SECRET, None, None)];
+    config.streams = vec![(STREAM.to_owned(), 24)];
+    config.faults = initial;
+    let endpoint = Arc::new(LocalEndpoint::start(config).await.expect("endpoint"));
+
+    let budgets = Budgets {
+        memory_bytes: 16 << 20,
+        disk_bytes: 64 << 20,
+        fsync: false,
+    };
+    let (writer, reader, _) =
+        FragmentLog::open(dir.path().join("buffer"), budgets, STREAM).expect("log");
+    let provider = Arc::new(StaticProvider::new(Credentials::new(
+        KEY_ID, SECRET, None, None,
+    )));
+    let access = KvsAccess::new(
+        CredentialsCache::new(provider, DEFAULT_REFRESH_BEFORE),
+        ClockSkew::new(),
+        "us-west-2",
+        endpoint.url(),
+        Duration::from_secs(5),
+    )
+    .expect("access");
+    let mut session = SessionConfig::new(STREAM);
+    tune(&mut session);
+    let driver = PutMediaDriver::new(
+        Arc::new(access),
+        StreamSettings {
+            session,
+            timecode_type: TimecodeType::Absolute,
+            pacing: PacingLimits::default(),
+        },
+        reader,
+        Box::new(SplitMix64::new(7)),
+    )
+    .expect("driver");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
+    let uploader = tokio::spawn(driver.run(stop_rx));
+
+    let closed = Arc::new(Mutex::new(BTreeMap::new()));
+    let sink_closed = Arc::clone(&closed);
+    let producer = std::thread::spawn(move || produce(writer, sink_closed, seconds));
+    let fault_task = tokio::spawn(faults(Arc::clone(&endpoint)));
+
+    tokio::task::spawn_blocking(move || producer.join())
+        .await
+        .expect("join")
+        .expect("producer");
+    fault_task.abort();
+    stop_tx.send_replace(Some(Instant::now() + Duration::from_secs(12)));
+    let summary = tokio::time::timeout(Duration::from_secs(15), uploader)
+        .await
+        .expect("uploader stops in time")
+        .expect("uploader");
+    let closed = closed.lock().map(|c| c.clone()).unwrap_or_default();
+    let endpoint = Arc::try_unwrap(endpoint).expect("sole owner");
+    Run {
+        endpoint,
+        _dir: dir,
+        summary,
+        closed,
+    }
+}
+
+/// Real-time H.264 at 20 fps, a key frame every 10 frames (500 ms fragments).
+fn produce(writer: FragmentWriter, closed: Arc<Mutex<BTreeMap<u64, u32>>>, seconds: u64) {
+    let mut config = MuxerConfig::new(vec![TrackSpec::video(Codec::H264, NalFormat::AnnexB)]);
+    config.fragment_duration = Duration::from_millis(500);
+    let mut muxer = FragmentMuxer::new(config, FragmentTags::new()).expect("muxer");
+    let mut sink = Tee { writer, closed };
+    let payload = Bytes::from_static(KEY_FRAME);
+    let start = Instant::now();
+    let epoch_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64;
+    let step = 1_000_000_000 / FPS;
+    for i in 0..seconds * FPS {
+        let due = start + Duration::from_nanos(i * step);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let pts = epoch_ns + i * step;
+        let frame = Frame {
+            track: 0,
+            pts_ns: pts,
+            dts_ns: pts,
+            duration_ns: step,
+            key: i % 10 == 0,
+            data: payload.clone(),
+        };
+        muxer.push(frame, &mut sink).expect("push");
+    }
+    muxer.finish(&mut sink).expect("finish");
+    sink.writer.sync().expect("sync");
+}
+
+struct Outcome {
+    persisted: BTreeMap<u64, u32>,
+    duplicates: Vec<u64>,
+    frames_stored: u64,
+}
+
+/// Checks the invariants every fault test shares and prints the figures the issue asks for.
+fn check(run: &Run, name: &str, skipped: &[u64]) -> Outcome {
+    let records: Vec<FragmentRecord> = run.endpoint.kvs().fragments(STREAM);
+    let mut persisted: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut frames_stored = 0;
+    for record in records
+        .iter()
+        .filter(|r| r.acknowledged(AckEventType::Persisted))
+    {
+        *persisted.entry(record.timecode).or_default() += 1;
+        frames_stored += record.total_frames();
+    }
+    let duplicates: Vec<u64> = persisted
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(t, _)| *t)
+        .collect();
+    let frames_sent: u64 = run.closed.values().map(|n| u64::from(*n)).sum();
+    println!(
+        "{name}: fragments closed {}, frames sent {frames_sent}, frames stored {frames_stored}, \
+         duplicates {}, skipped {}, connections {}, left {}",
+        run.closed.len(),
+        duplicates.len(),
+        run.summary.fragments_skipped,
+        run.summary.connections,
+        run.summary.fragments_left,
+    );
+    assert!(
+        run.closed.len() >= 6,
+        "{name}: too few fragments: {:?}",
+        run.closed
+    );
+    for (timecode, frames) in &run.closed {
+        if skipped.contains(timecode) {
+            assert!(
+                !persisted.contains_key(timecode),
+                "{name}: skipped fragment {timecode} was stored"
+            );
+            continue;
+        }
+        assert!(
+            persisted.contains_key(timecode),
+            "{name}: fragment {timecode} ({frames} frames) never PERSISTED; records: {:?}",
+            records
+                .iter()
+                .map(|r| (r.timecode, r.acks.clone(), r.error.clone()))
+                .collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(run.summary.fragments_left, 0, "{name}: fragments left");
+    // A fragment stored twice was sent twice: the first copy's PERSISTED never reached the
+    // uploader (the connection broke first).
+    for timecode in &duplicates {
+        let copies: Vec<&FragmentRecord> = records
+            .iter()
+            .filter(|r| r.timecode == *timecode && r.acknowledged(AckEventType::Persisted))
+            .collect();
+        assert!(
+            copies
+                .windows(2)
+                .all(|w| w[0].connection != w[1].connection),
+            "{name}: fragment {timecode} stored twice on one connection"
+        );
+    }
+    Outcome {
+        persisted,
+        duplicates,
+        frames_stored,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_reconnects_at_fragment_boundaries_without_loss_or_overlap() {
+    let run = stream(
+        5,
+        FaultRequest::default(),
+        |session| {
+            session.rotation_interval = Duration::from_millis(1200);
+            session.rotation_jitter = Duration::ZERO;
+        },
+        |_| async {},
+    )
+    .await;
+    let outcome = check(&run, "rotation", &[]);
+    assert!(run.summary.connections >= 3, "{:?}", run.summary);
+    assert!(
+        outcome.duplicates.is_empty(),
+        "a drained connection resends nothing"
+    );
+    let frames: u64 = run.closed.values().map(|n| u64::from(*n)).sum();
+    assert_eq!(outcome.frames_stored, frames);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dropped_mid_fragment_is_resumed_at_the_first_unacknowledged_fragment() {
+    let run = stream(
+        5,
+        FaultRequest::default(),
+        |_| {},
+        |endpoint| async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let fault = FaultRequest {
+                drop_mid_fragment: Some(1),
+                ..FaultRequest::default()
+            };
+            endpoint.kvs().inject(&fault).expect("inject");
+        },
+    )
+    .await;
+    let outcome = check(&run, "drop mid-fragment", &[]);
+    assert_eq!(run.endpoint.kvs().fault_stats().connections_dropped, 1);
+    assert!(run.summary.connections >= 2, "{:?}", run.summary);
+    assert!(outcome.duplicates.len() <= 1, "{:?}", outcome.duplicates);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_acks_4006_is_skipped_and_5000_is_retried() {
+    let run = stream(
+        6,
+        FaultRequest::default(),
+        |_| {},
+        |endpoint| async move {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            let fault = FaultRequest {
+                error_ack: Some(ErrorAckRequest {
+                    code: 4006,
+                    after_fragments: 0,
+                }),
+                ..FaultRequest::default()
+            };
+            endpoint.kvs().inject(&fault).expect("inject 4006");
+            tokio::time::sleep(Duration::from_millis(2000)).await;
+            let fault = FaultRequest {
+                error_ack: Some(ErrorAckRequest {
+                    code: 5000,
+                    after_fragments: 0,
+                }),
+                ..FaultRequest::default()
+            };
+            endpoint.kvs().inject(&fault).expect("inject 5000");
+        },
+    )
+    .await;
+    let records = run.endpoint.kvs().fragments(STREAM);
+    let errors: Vec<(u64, u16)> = records
+        .iter()
+        .filter_map(|r| r.error.as_ref().map(|e| (r.timecode, e.id)))
+        .collect();
+    let refused: Vec<u64> = errors
+        .iter()
+        .filter(|(_, id)| *id == 4006)
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(refused.len(), 1, "one 4006: {errors:?}");
+    assert!(errors.iter().any(|(_, id)| *id == 5000), "{errors:?}");
+    let outcome = check(&run, "error acks", &refused);
+    assert_eq!(run.summary.fragments_skipped, 1, "{:?}", run.summary);
+    let retried = errors.iter().find(|(_, id)| *id == 5000).map(|(t, _)| *t);
+    assert!(
+        retried.is_some_and(|t| outcome.persisted.contains_key(&t)),
+        "the 5000 fragment is sent again and stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_ten_minutes_off_is_learned_from_the_date_header() {
+    let run = stream(
+        4,
+        FaultRequest {
+            clock_skew_s: Some(600.0),
+            ..FaultRequest::default()
+        },
+        |_| {},
+        |_| async {},
+    )
+    .await;
+    check(&run, "clock skew", &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_and_server_errors_back_off_and_recover() {
+    let run = stream(
+        5,
+        FaultRequest {
+            http_error: Some(HttpErrorRequest {
+                status: 500,
+                count: 3,
+                error_type: None,
+                message: None,
+                operations: Some(vec!["describeStream".into()]),
+            }),
+            ..FaultRequest::default()
+        },
+        |_| {},
+        |endpoint| async move {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let fault = FaultRequest {
+                drop_after_bytes: Some(1),
+                http_error: Some(HttpErrorRequest {
+                    status: 400,
+                    count: 2,
+                    error_type: Some("ClientLimitExceededException".into()),
+                    message: None,
+                    operations: Some(vec!["putMedia".into()]),
+                }),
+                ..FaultRequest::default()
+            };
+            endpoint.kvs().inject(&fault).expect("inject 400");
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let fault = FaultRequest {
+                drop_after_bytes: Some(1),
+                http_error: Some(HttpErrorRequest {
+                    status: 429,
+                    count: 2,
+                    error_type: None,
+                    message: None,
+                    operations: Some(vec!["putMedia".into()]),
+                }),
+                ..FaultRequest::default()
+            };
+            endpoint.kvs().inject(&fault).expect("inject 429");
+        },
+    )
+    .await;
+    check(&run, "throttling", &[]);
+    let stats = run.endpoint.kvs().fault_stats();
+    assert_eq!(stats.http_errors, 7, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_without_acks_is_detected_and_the_connection_replaced() {
+    let run = stream(
+        6,
+        FaultRequest::default(),
+        |session| session.staleness_timeout = Duration::from_millis(1500),
+        |endpoint| async move {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            let fault = FaultRequest {
+                stall: Some(StallRequest {
+                    after_fragments: 0,
+                    seconds: 4.0,
+                }),
+                ..FaultRequest::default()
+            };
+            endpoint.kvs().inject(&fault).expect("inject stall");
+        },
+    )
+    .await;
+    check(&run, "stall", &[]);
+    assert!(run.summary.connections >= 2, "{:?}", run.summary);
+}
