@@ -94,7 +94,7 @@ fn decode_marker(digits: &[u8]) -> Option<u64> {
 
 /// A frame of the right size ending in its marker NAL.
 fn frame_payload(index: u64) -> Bytes {
-    let key = index % GOP == 0;
+    let key = index.is_multiple_of(GOP);
     let mut data = Vec::with_capacity(KEY_FRAME_BYTES + 16);
     if key {
         data.extend_from_slice(KEY_FRAME);
@@ -291,7 +291,7 @@ fn frame(index: u64, epoch_ns: u64) -> Frame {
         pts_ns: pts,
         dts_ns: pts,
         duration_ns: step,
-        key: index % GOP == 0,
+        key: index.is_multiple_of(GOP),
         data: frame_payload(index),
     }
 }

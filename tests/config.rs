@@ -188,6 +188,14 @@ fn demo_records_test_sources_with_audio() {
         demo.aws.endpoint, None,
         "the endpoint comes from the environment"
     );
+    // scripts/demo.sh creates this data stream at the local endpoint.
+    assert!(demo.telemetry.enabled);
+    assert_eq!(
+        demo.telemetry.stream.as_deref(),
+        Some("kinesis-edge-telemetry")
+    );
+    assert_eq!(demo.telemetry.interval_s, 5);
+    assert!(demo.telemetry.spool.dir.is_relative());
 
     // The endpoint and region from the environment, as the demo's comment says.
     let env = [

@@ -9,8 +9,10 @@
 //! Shutdown, in order: `STOPPING=1`; EOS into every pipeline (the open fragment closes); each
 //! uploader sends what is buffered and waits for its PERSISTED ACKs, within
 //! `service.shutdown_timeout_s`; connections close; the logs flush to disk. What was not
-//! acknowledged stays on disk and is uploaded first, in order, at the next start. A second
-//! signal cuts the wait short.
+//! acknowledged stays on disk and is uploaded first, in order, at the next start; then
+//! telemetry ([`super::telemetry_task`]) takes a last sample and sends its spool until the same
+//! deadline (at least a second), leaving the rest spooled for the next start. A second signal
+//! cuts the wait short.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -240,7 +242,7 @@ impl Daemon {
         let summary = self.collect(deadline).await;
         cut.abort();
         if let Some(telemetry) = self.telemetry.take() {
-            telemetry.stop().await;
+            telemetry.stop(deadline).await;
         }
         summary
     }
@@ -252,7 +254,7 @@ impl Daemon {
         self.stop_uploads.send_replace(Some(Instant::now()));
         let _ = self.collect(Instant::now()).await;
         if let Some(telemetry) = self.telemetry.take() {
-            telemetry.stop().await;
+            telemetry.stop(Instant::now()).await;
         }
     }
 

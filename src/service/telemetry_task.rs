@@ -31,6 +31,10 @@ use crate::upload::session::StateKind;
 const MIB: u64 = 1024 * 1024;
 /// Dead letters kept beside the spool before the file rotates.
 const DEAD_LETTER_BYTES: u64 = 4 * MIB;
+/// Longest the producer keeps sending at shutdown; what is left waits in the spool.
+const MAX_DRAIN: Duration = Duration::from_secs(5);
+/// Time the producer always gets at shutdown, even once the video deadline has passed.
+const MIN_DRAIN: Duration = Duration::from_secs(1);
 /// The uploader is "catching up" while this much media waits behind the live edge.
 const CATCHING_UP_AFTER: Duration = Duration::from_secs(30);
 
@@ -47,7 +51,8 @@ pub enum TelemetryStartError {
 
 /// The running telemetry tasks.
 pub struct Telemetry {
-    stop: watch::Sender<bool>,
+    stop_collecting: watch::Sender<bool>,
+    stop_producing: watch::Sender<bool>,
     collector: JoinHandle<()>,
     producer: JoinHandle<Result<ProducerStats, TelemetryError>>,
 }
@@ -127,7 +132,11 @@ impl Telemetry {
             spool.clone(),
             dead_letters,
             producer_config,
-            DriverSettings::default(),
+            DriverSettings {
+                drain_timeout: Duration::from_secs(u64::from(config.service.shutdown_timeout_s))
+                    .min(MAX_DRAIN),
+                ..DriverSettings::default()
+            },
         )?;
 
         let device = device_id(config);
@@ -151,8 +160,9 @@ impl Telemetry {
             })
             .collect();
 
-        let (stop, stop_rx) = watch::channel(false);
-        let mut producer_stop = stop_rx.clone();
+        // Two signals: the producer stops only once the last sample is spooled.
+        let (stop_collecting, stop_rx) = watch::channel(false);
+        let (stop_producing, mut producer_stop) = watch::channel(false);
         let producer = tokio::spawn(producer.run(async move {
             let _ = producer_stop.wait_for(|stop| *stop).await;
         }));
@@ -160,19 +170,34 @@ impl Telemetry {
         let collector = tokio::spawn(collect_loop(collector, feeds, spool, interval, stop_rx));
         tracing::info!(%stream, device_id = %device, ?interval, "telemetry started");
         Ok(Some(Self {
-            stop,
+            stop_collecting,
+            stop_producing,
             collector,
             producer,
         }))
     }
 
-    /// Takes a last sample, then lets the producer drain (bounded by its own drain timeout).
-    pub async fn stop(self) {
-        self.stop.send_replace(true);
+    /// Takes a last sample, then lets the producer drain until `deadline` (the daemon's
+    /// shutdown deadline; at least [`MIN_DRAIN`] from now). What is not sent by then stays in
+    /// the spool for the next start.
+    pub async fn stop(self, deadline: Instant) {
+        self.stop_collecting.send_replace(true);
         if self.collector.await.is_err() {
             tracing::error!("the telemetry collector task failed");
         }
-        match self.producer.await {
+        self.stop_producing.send_replace(true);
+        let until = deadline.max(Instant::now() + MIN_DRAIN);
+        let abort = self.producer.abort_handle();
+        let joined = tokio::time::timeout_at(until.into(), self.producer).await;
+        let Ok(joined) = joined else {
+            // As after a crash: the spool keeps every record not yet acknowledged.
+            abort.abort();
+            tracing::warn!(
+                "telemetry producer cut at the shutdown deadline; the rest stays in the spool"
+            );
+            return;
+        };
+        match joined {
             Ok(Ok(stats)) => tracing::info!(
                 delivered = stats.records_delivered,
                 requests = stats.requests,
@@ -239,11 +264,15 @@ fn refresh(camera: &CameraStatus, counters: &CameraCounters) -> bool {
     set(&counters.fragments_evicted, buffer.fragments_evicted);
     set(&counters.buffer_bytes_memory, buffer.bytes_in_memory);
     set(&counters.buffer_bytes_disk, buffer.bytes_on_disk);
+    // From the log's own age (wall clock minus first PTS), so relative timecodes report
+    // the same as absolute ones.
     set(
         &counters.oldest_unacked_unix_ms,
-        buffer
-            .oldest_unacked
-            .map_or(0, |oldest| oldest.first_pts_ns / 1_000_000),
+        buffer.oldest_unacked.as_ref().map_or(0, |oldest| {
+            unix_ms_now()
+                .saturating_sub(oldest.age.as_millis() as u64)
+                .max(1)
+        }),
     );
     set(
         &counters.last_ack_latency_ms,

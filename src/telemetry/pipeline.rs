@@ -255,6 +255,8 @@ impl ProducerTask {
                 _ = notify.notified(), if stopping.is_none() => {}
                 _ = tokio::time::sleep_until(wake.into()) => {}
                 _ = &mut shutdown, if stopping.is_none() => {
+                    // Records spooled just before the stop (a last sample) go out too.
+                    self.fill(Instant::now())?;
                     self.core.flush(true);
                     stopping = Some(Instant::now() + self.settings.drain_timeout);
                 }

@@ -29,6 +29,8 @@ pub struct LocalEndpointConfig {
     pub faults: FaultRequest,
     /// Streams to create at start (name, retention hours).
     pub streams: Vec<(String, u64)>,
+    /// Kinesis data streams to create at start (name, shard count).
+    pub data_streams: Vec<(String, u32)>,
 }
 
 impl LocalEndpointConfig {
@@ -41,6 +43,7 @@ impl LocalEndpointConfig {
             kvs: KvsSettings::new(data_dir),
             faults: FaultRequest::default(),
             streams: Vec::new(),
+            data_streams: Vec::new(),
         }
     }
 }
@@ -116,6 +119,10 @@ impl LocalEndpoint {
                 })?;
         }
         let kds = KdsHandler::new();
+        for (name, shards) in &config.data_streams {
+            // `false`: a stream of that name exists already, which is what was asked for.
+            kds.create_stream(name, *shards);
+        }
         let handlers: Vec<Arc<dyn Handler>> = vec![
             Arc::clone(&kvs) as Arc<dyn Handler>,
             Arc::clone(&kds) as Arc<dyn Handler>,
@@ -184,6 +191,9 @@ pub struct LocalEndpointArgs {
     /// Streams to create at start, NAME or NAME:RETENTION_HOURS (default retention 24).
     #[arg(long = "stream", value_name = "NAME[:HOURS]")]
     pub streams: Vec<String>,
+    /// Kinesis data streams to create at start, NAME or NAME:SHARDS (default 1 shard).
+    #[arg(long = "data-stream", value_name = "NAME[:SHARDS]")]
+    pub data_streams: Vec<String>,
     /// Milliseconds between RECEIVED and PERSISTED.
     #[arg(long, default_value_t = 50)]
     pub persist_delay_ms: u64,
@@ -196,7 +206,7 @@ pub struct LocalEndpointArgs {
     /// Longest fragment accepted, seconds (ERROR 4002 beyond).
     #[arg(long, default_value_t = 20.0)]
     pub max_fragment_duration_s: f64,
-    /// Faults to arm at start, as the JSON `POST /_faults` takes.
+    /// Faults to arm at start, as the JSON `POST /_local/kvs/faults` takes.
     #[arg(long)]
     pub faults: Option<String>,
 }
@@ -255,8 +265,41 @@ impl LocalEndpointArgs {
             };
             config.streams.push((name.to_owned(), hours));
         }
+        for stream in &self.data_streams {
+            config.data_streams.push(data_stream(stream)?);
+        }
         Ok(config)
     }
+}
+
+/// `NAME[:SHARDS]` of `--data-stream`: a name of 1–128 characters of `[a-zA-Z0-9_.-]` and
+/// 1–500 shards (1 when absent).
+fn data_stream(argument: &str) -> Result<(String, u32), LocalEndpointError> {
+    let (name, shards) = match argument.split_once(':') {
+        Some((name, shards)) => (
+            name,
+            shards
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=500).contains(n))
+                .ok_or_else(|| {
+                    LocalEndpointError::Arguments(format!(
+                        "--data-stream {argument}: {shards:?} is not a shard count from 1 to 500"
+                    ))
+                })?,
+        ),
+        None => (argument, 1),
+    };
+    let valid_name = (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if !valid_name {
+        return Err(LocalEndpointError::Arguments(format!(
+            "--data-stream {argument}: {name:?} is not a stream name (1-128 of a-z A-Z 0-9 _ . -)"
+        )));
+    }
+    Ok((name.to_owned(), shards))
 }
 
 /// Runs the endpoint until SIGINT or SIGTERM.
@@ -272,7 +315,7 @@ pub async fn run_cli(args: LocalEndpointArgs) -> Result<(), LocalEndpointError> 
         checks = if checking { "checked" } else { "not checked" },
     );
     println!(
-        "use AWS_ENDPOINT_URL={url}; faults: curl -X POST {url}/_faults -d '{{\"refuse_connections_s\": 10}}'",
+        "use AWS_ENDPOINT_URL={url}; faults: curl -X POST {url}/_local/kvs/faults -d '{{\"refuse_connections_s\": 10}}'",
         url = endpoint.url()
     );
     wait_for_stop().await?;
@@ -326,6 +369,10 @@ mod tests {
             "door:0",
             "--faults",
             r#"{"clock_skew_s": 600}"#,
+            "--data-stream",
+            "telemetry",
+            "--data-stream",
+            "logs:4",
         ])
         .unwrap();
         let config = cli.args.to_config().unwrap();
@@ -337,6 +384,17 @@ mod tests {
             vec![("cam".to_owned(), 24), ("door".to_owned(), 0)]
         );
         assert_eq!(config.faults.clock_skew_s, Some(600.0));
+        assert_eq!(
+            config.data_streams,
+            vec![("telemetry".to_owned(), 1), ("logs".to_owned(), 4)]
+        );
+        for bad in ["t:0", "t:x", "t:501", ":2", "a b"] {
+            let cli = Cli::try_parse_from(["x", "--data-dir", "d", "--data-stream", bad]).unwrap();
+            assert!(
+                cli.args.to_config().is_err(),
+                "--data-stream {bad} accepted"
+            );
+        }
         assert!(Cli::try_parse_from(["x", "--data-dir", "d", "--access-key", "AK"]).is_err());
         let bad =
             Cli::try_parse_from(["x", "--data-dir", "d", "--faults", "{\"nope\": 1}"]).unwrap();

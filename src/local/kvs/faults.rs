@@ -1,6 +1,6 @@
 //! Fault injection for the Kinesis Video Streams side of the local endpoint.
 //!
-//! A [`FaultRequest`] (the JSON body of `POST /_faults`, the `--faults` option, or
+//! A [`FaultRequest`] (the JSON body of `POST /_local/kvs/faults`, the `--faults` option, or
 //! [`super::KvsHandler::inject`]) arms faults in the shared [`FaultPlan`]; each fires once:
 //! - `drop_after_bytes`: the connection carrying the N-th PutMedia body byte from now is cut
 //!   right after it (no end of the response, the request body abandoned);

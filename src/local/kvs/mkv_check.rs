@@ -749,10 +749,7 @@ impl MkvChecker {
 
     fn on_header(&mut self, header: ElementHeader, out: &mut Vec<CheckEvent>) -> Step {
         // An element that is not a child of an unknown-size parent ends that parent.
-        loop {
-            let Some(parent) = self.stack.last().copied() else {
-                break;
-            };
+        while let Some(parent) = self.stack.last().copied() {
             let child = match parent.id {
                 id::SEGMENT => is_segment_child(header.id),
                 id::CLUSTER => is_cluster_child(header.id),
@@ -979,11 +976,6 @@ impl MkvChecker {
             out.push(CheckEvent::Header(Arc::clone(&built)));
             self.header.built = Some(built);
         }
-        let tracks = self.header.built.as_ref().map_or(0, |h| h.tracks.len());
-        if tracks > self.limits.max_tracks {
-            // Reported for the first fragment, once its timecode is known.
-            tracing::debug!(tracks, "more tracks than allowed");
-        }
         let frames = self
             .header
             .built
@@ -1111,8 +1103,7 @@ impl MkvChecker {
             .built
             .as_ref()
             .map_or(1, |h| h.timecode_scale_ns);
-        let max_duration_ns =
-            u128::try_from(self.limits.max_fragment_duration.as_nanos()).unwrap_or(u128::MAX);
+        let max_duration_ns = self.limits.max_fragment_duration.as_nanos();
         let cluster_timecode = match &self.fragment {
             None => return Err(self.invalid(payload_start, "block outside a Cluster".to_owned())),
             Some(f) => f.timecode,

@@ -8,8 +8,9 @@
 //! - `/putMedia` ([`putmedia`]): answered 200 at once, then ACK lines while the body streams
 //!   in (HTTP/1.1 full duplex), the body checked chunk by chunk ([`mkv_check`]), accepted
 //!   fragments stored ([`store`]);
-//! - `/_faults` (no signature): `POST` a [`faults::FaultRequest`] to arm faults, `GET` the
-//!   counts, `DELETE` to disarm everything.
+//! - `/_local/kvs/faults` (no signature): `POST` a [`faults::FaultRequest`] to arm faults (a refusal
+//!   starts 30 ms after the answer, which it would otherwise cut), `GET` the counts, `DELETE`
+//!   to disarm everything.
 //!
 //! Every answer carries `Date` (the endpoint's clock, skew included) and `x-amzn-RequestId`;
 //! errors carry `x-amzn-ErrorType` and a `{"__type", "message"}` body. PutMedia is refused
@@ -17,7 +18,7 @@
 //! 400 ClientLimitExceededException (more than `put_media_tps` a second per stream) and 400
 //! ConnectionLimitExceededException (a second concurrent connection for a stream).
 //!
-//! Invariants: with keys configured, nothing but `/_faults` is served to a request whose
+//! Invariants: with keys configured, nothing but `/_local/kvs/faults` is served to a request whose
 //! signature does not verify; at most one PutMedia connection per stream is open; every
 //! fragment that got an ACK has exactly one [`store::FragmentRecord`], in memory
 //! ([`KvsHandler::fragments`]) and in `<data dir>/<stream>.fragments.jsonl`.
@@ -54,9 +55,13 @@ use std::time::{Duration, Instant, SystemTime};
 use store::{FragmentRecord, StreamStore, TimecodeType};
 use tokio::sync::watch;
 
+/// The fault-injection API (no signature needed).
+pub const FAULTS_PATH: &str = "/_local/kvs/faults";
 /// Largest control-plane request body read.
 const MAX_CONTROL_BODY: usize = 1 << 20;
 const JSON: &str = "application/json";
+/// How long after answering `POST /_local/kvs/faults` a refusal starts.
+const REFUSAL_DELAY: Duration = Duration::from_millis(30);
 /// ACK lines buffered for a client that reads them slowly.
 const ACK_BUFFER: usize = 64;
 
@@ -163,7 +168,8 @@ impl Shared {
 
     pub(crate) fn record(&self, record: FragmentRecord) {
         let store = self.store_for(&record.stream);
-        if let Err(error) = lock(&store).log(&record) {
+        let logged = lock(&store).log(&record);
+        if let Err(error) = logged {
             tracing::warn!(%error, "local endpoint could not log a fragment");
         }
         lock(&self.records).push(record);
@@ -250,13 +256,27 @@ impl KvsHandler {
         lock(&self.shared.control).create(name, retention_hours, Some("video/h264,audio/aac"), now)
     }
 
-    /// Arms faults (as `POST /_faults` does).
+    /// Arms faults (as `POST /_local/kvs/faults` does).
     pub fn inject(&self, request: &FaultRequest) -> Result<(), FaultError> {
         let refusal = lock(&self.shared.faults).apply(request)?;
         if let Some(refusal) = refusal {
             self.shared
                 .gate
                 .refuse_for(refusal.duration, refusal.drop_open);
+        }
+        Ok(())
+    }
+
+    /// [`KvsHandler::inject`] for `POST /_local/kvs/faults`: a refusal starts once the answer had time
+    /// to leave, as it may cut the very connection that asked for it.
+    fn inject_later(&self, request: &FaultRequest) -> Result<(), FaultError> {
+        let refusal = lock(&self.shared.faults).apply(request)?;
+        if let Some(refusal) = refusal {
+            let gate = Arc::clone(&self.shared.gate);
+            tokio::spawn(async move {
+                tokio::time::sleep(REFUSAL_DELAY).await;
+                gate.refuse_for(refusal.duration, refusal.drop_open);
+            });
         }
         Ok(())
     }
@@ -439,10 +459,7 @@ impl KvsHandler {
         let (tx, channel) =
             http_body_util::channel::Channel::<Bytes, std::io::Error>::new(ACK_BUFFER);
         let shared = Arc::clone(&self.shared);
-        tokio::spawn(async move {
-            putmedia::drive(session, body, tx, shared).await;
-            drop(guard);
-        });
+        tokio::spawn(putmedia::drive(session, body, tx, shared, guard));
         let mut response = http::Response::new(channel.boxed());
         response.headers_mut().insert(
             http::header::CONTENT_TYPE,
@@ -485,20 +502,19 @@ impl KvsHandler {
         };
         let producer_start_ms = match header(headers, "x-amzn-producer-start-timestamp") {
             Some(text) => match text.trim().parse::<f64>() {
-                Ok(seconds) if seconds.is_finite() && seconds >= 0.0 && seconds < 1e11 => {
-                    (seconds * 1000.0).round() as u64
-                }
+                Ok(seconds) if (0.0..1e11).contains(&seconds) => (seconds * 1000.0).round() as u64,
                 _ => {
                     return Err(ApiError::invalid(format!(
                         "x-amzn-producer-start-timestamp {text:?} is not seconds since the epoch"
                     )));
                 }
             },
-            None => {
-                return Err(ApiError::invalid(
-                    "x-amzn-producer-start-timestamp is required",
-                ));
-            }
+            // Optional: relative timecodes then count from the connection's arrival.
+            None => self
+                .shared
+                .wall_clock()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         };
         let ack_required = match header(headers, "x-amzn-fragment-acknowledgment-required") {
             None => true,
@@ -582,7 +598,9 @@ impl KvsHandler {
                 clear: true,
                 ..FaultRequest::default()
             }),
-            http::Method::POST => FaultRequest::from_json(&body).and_then(|r| self.inject(&r)),
+            http::Method::POST => {
+                FaultRequest::from_json(&body).and_then(|r| self.inject_later(&r))
+            }
             other => Err(FaultError::Parse(format!(
                 "method {other} is not GET, POST or DELETE"
             ))),
@@ -609,13 +627,13 @@ fn operation_name(path: &str) -> Option<&'static str> {
 impl super::Handler for KvsHandler {
     fn accepts(&self, request: &http::Request<Incoming>) -> bool {
         let path = request.uri().path();
-        path == "/_faults" || operation_name(path).is_some()
+        path == FAULTS_PATH || operation_name(path).is_some()
     }
 
     fn handle(self: Arc<Self>, request: http::Request<Incoming>) -> HandlerFuture {
         Box::pin(async move {
             let path = request.uri().path().to_owned();
-            if path == "/_faults" {
+            if path == FAULTS_PATH {
                 return self.faults_api(request).await;
             }
             let Some(name) = operation_name(&path) else {
@@ -632,9 +650,9 @@ impl super::Handler for KvsHandler {
                     format!("{} {path}: operations take POST", request.method()),
                 ));
             }
-            // The guard must be gone before `error` reads the clock (same mutex).
-            let fault = lock(&self.shared.faults).take_http_error(name);
-            if let Some(fault) = fault {
+            // Bound first: the guard must not live into the answer, which reads the clock skew.
+            let injected = lock(&self.shared.faults).take_http_error(name);
+            if let Some(fault) = injected {
                 tracing::info!(operation = name, status = fault.status, "fault: HTTP error");
                 return self.error(&ApiError::new(
                     fault.status,

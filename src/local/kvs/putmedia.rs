@@ -11,7 +11,9 @@
 //!   limit, or 5001 when storing fails), then the response ends, as the service closes the
 //!   connection after an ERROR;
 //! - the response ends after the body ended and every PERSISTED was sent, or after
-//!   `idle_timeout` without data.
+//!   `idle_timeout` without data. When it ends before the body did, the driver reads and
+//!   discards the body for half a second more, so the end of the response is not lost to a
+//!   reset connection.
 //!
 //! Invariants: ACKs for a fragment are in the order BUFFERING, RECEIVED, PERSISTED and never
 //! interleave wrongly with the next fragment's (the session pauses after a Store action until
@@ -32,6 +34,11 @@ use hyper::body::Incoming;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How long the body is still read (and discarded) after the response ended.
+const LINGER: Duration = Duration::from_millis(500);
+/// How long a dropped connection waits for its last ACKs to reach the client.
+const DROP_FLUSH: Duration = Duration::from_millis(50);
 
 /// The time, twice: monotonic for timers, the endpoint's (possibly skewed) wall clock for
 /// records.
@@ -72,7 +79,8 @@ pub struct SessionSettings {
     pub max_connection_duration: Duration,
     /// `x-amzn-fragment-timecode-type`.
     pub timecode_type: TimecodeType,
-    /// `x-amzn-producer-start-timestamp`, ms since the epoch.
+    /// `x-amzn-producer-start-timestamp`, ms since the epoch (the connection's arrival when
+    /// the header is absent).
     pub producer_start_ms: u64,
     /// Fragment rules.
     pub limits: CheckLimits,
@@ -595,12 +603,15 @@ impl Session {
     }
 }
 
-/// Runs one PutMedia connection until its response ends.
-pub(crate) async fn drive(
+/// Runs one PutMedia connection until its response ends. `guard` (the stream's "connection
+/// open" mark) is released before the response ends, so a client that saw the end may
+/// reconnect at once.
+pub(crate) async fn drive<G>(
     mut session: Session,
     mut body: Incoming,
     mut tx: Sender<Bytes, std::io::Error>,
     shared: Arc<Shared>,
+    guard: G,
 ) {
     let mut shutdown = shared.shutdown_signal();
     let mut queue: VecDeque<Action> = VecDeque::new();
@@ -656,6 +667,10 @@ pub(crate) async fn drive(
                     while let Some(Action::Record(record)) = queue.pop_front() {
                         shared.record(*record);
                     }
+                    // The ACKs already queued leave first: closing a socket with unread input
+                    // resets it, and the client would lose them.
+                    tokio::time::sleep(DROP_FLUSH).await;
+                    drop(guard);
                     tx.abort(std::io::Error::other("fault injection: connection dropped"));
                     return;
                 }
@@ -663,11 +678,18 @@ pub(crate) async fn drive(
                     while let Some(Action::Record(record)) = queue.pop_front() {
                         shared.record(*record);
                     }
+                    drop(guard);
+                    drop(tx);
+                    if !body_done {
+                        linger(&mut body, &mut shutdown).await;
+                    }
                     return;
                 }
             }
         }
         if session.is_closed() {
+            drop(guard);
+            drop(tx);
             return;
         }
         let deadline = session.next_deadline().map(tokio::time::Instant::from_std);
@@ -714,6 +736,24 @@ pub(crate) async fn drive(
                 session.on_timer(shared.now(), &mut scratch);
                 queue.extend(scratch.drain(..));
             }
+        }
+    }
+}
+
+/// After the response ended with the body still coming: reads and discards the body for a
+/// moment, so the socket is not closed with unread input (which resets it and can destroy the
+/// last ACKs and the end of the response before the client reads them).
+async fn linger(body: &mut Incoming, shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    let deadline = tokio::time::sleep(LINGER);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => return,
+            _ = shutdown.changed() => return,
+            frame = body.frame() => match frame {
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            },
         }
     }
 }
@@ -1055,6 +1095,23 @@ mod tests {
         assert_eq!(h.records.len(), 1);
         assert_eq!(h.records[0].acks, [AckEventType::Buffering]);
         assert!(!h.records[0].stored);
+    }
+
+    #[test]
+    fn without_acknowledgements_only_errors_are_sent() {
+        let mut h = Harness::new(true);
+        h.session.settings.ack_required = false;
+        let mut body = header();
+        body.extend(cluster(0));
+        body.extend(cluster(1000));
+        h.data(0, &body);
+        h.tick(5000);
+        assert_eq!(h.log, ["store 1700000000000"]);
+        assert_eq!(h.records.len(), 1, "recorded once stored, with no ACK");
+        assert!(h.records[0].acks.is_empty() && h.records[0].stored);
+        h.data(5100, &cluster(500));
+        assert_eq!(h.log.last().map(String::as_str), Some("close"));
+        assert!(h.log.iter().any(|l| l == "ERROR 500 4004"), "{:?}", h.log);
     }
 
     #[test]
