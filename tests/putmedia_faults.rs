@@ -14,7 +14,7 @@ use bytes::Bytes;
 use kinesis_edge::aws::{
     ClockSkew, Credentials, CredentialsCache, DEFAULT_REFRESH_BEFORE, StaticProvider,
 };
-use kinesis_edge::buffer::{Budgets, FragmentLog, FragmentWriter};
+use kinesis_edge::buffer::{Budgets, BufferStats, FragmentLog, FragmentWriter};
 use kinesis_edge::local::kvs::ack::AckEventType;
 use kinesis_edge::local::kvs::faults::{
     ErrorAckRequest, FaultRequest, HttpErrorRequest, StallRequest,
@@ -36,6 +36,8 @@ const KEY_ID: &str = "AKIDFAULTS";
 const SECRET: &str = "faults-secret";
 const KEY_FRAME: &[u8] = include_bytes!("fixtures/media/h264-baseline-896x504-key.h264");
 const FPS: u64 = 20;
+/// Memory tier of the runs that do not test it: holds everything.
+const MEMORY: u64 = 16 << 20;
 
 /// Counts what the muxer closed, then hands everything to the log.
 struct Tee {
@@ -72,12 +74,14 @@ struct Run {
     _dir: tempfile::TempDir,
     summary: UploadSummary,
     closed: BTreeMap<u64, u32>,
+    buffer: BufferStats,
 }
 
 /// Streams `seconds` of video; `faults` runs beside it (arming faults at chosen times);
 /// then the uploader gets `flush` to finish.
 async fn stream<F, Fut>(
     seconds: u64,
+    memory_bytes: u64,
     initial: FaultRequest,
     tune: impl FnOnce(&mut SessionConfig),
     faults: F,
@@ -100,12 +104,13 @@ where
     let endpoint = Arc::new(LocalEndpoint::start(config).await.expect("endpoint"));
 
     let budgets = Budgets {
-        memory_bytes: 16 << 20,
+        memory_bytes,
         disk_bytes: 64 << 20,
         fsync: false,
     };
     let (writer, reader, _) =
         FragmentLog::open(dir.path().join("buffer"), budgets, STREAM).expect("log");
+    let buffer_stats = writer.stats_handle();
     let provider = Arc::new(StaticProvider::new(Credentials::new(
         KEY_ID, SECRET, None, None,
     )));
@@ -155,6 +160,7 @@ where
         _dir: dir,
         summary,
         closed,
+        buffer: buffer_stats.stats(),
     }
 }
 
@@ -272,6 +278,7 @@ fn check(run: &Run, name: &str, skipped: &[u64]) -> Outcome {
 async fn rotation_reconnects_at_fragment_boundaries_without_loss_or_overlap() {
     let run = stream(
         5,
+        MEMORY,
         FaultRequest::default(),
         |session| {
             session.rotation_interval = Duration::from_millis(1200);
@@ -294,6 +301,7 @@ async fn rotation_reconnects_at_fragment_boundaries_without_loss_or_overlap() {
 async fn a_connection_dropped_mid_fragment_is_resumed_at_the_first_unacknowledged_fragment() {
     let run = stream(
         5,
+        MEMORY,
         FaultRequest::default(),
         |_| {},
         |endpoint| async move {
@@ -316,6 +324,7 @@ async fn a_connection_dropped_mid_fragment_is_resumed_at_the_first_unacknowledge
 async fn error_acks_4006_is_skipped_and_5000_is_retried() {
     let run = stream(
         6,
+        MEMORY,
         FaultRequest::default(),
         |_| {},
         |endpoint| async move {
@@ -365,6 +374,7 @@ async fn error_acks_4006_is_skipped_and_5000_is_retried() {
 async fn a_clock_ten_minutes_off_is_learned_from_the_date_header() {
     let run = stream(
         4,
+        MEMORY,
         FaultRequest {
             clock_skew_s: Some(600.0),
             ..FaultRequest::default()
@@ -380,6 +390,7 @@ async fn a_clock_ten_minutes_off_is_learned_from_the_date_header() {
 async fn throttling_and_server_errors_back_off_and_recover() {
     let run = stream(
         5,
+        MEMORY,
         FaultRequest {
             http_error: Some(HttpErrorRequest {
                 status: 500,
@@ -430,6 +441,7 @@ async fn throttling_and_server_errors_back_off_and_recover() {
 async fn a_stall_without_acks_is_detected_and_the_connection_replaced() {
     let run = stream(
         6,
+        MEMORY,
         FaultRequest::default(),
         |session| session.staleness_timeout = Duration::from_millis(1500),
         |endpoint| async move {
@@ -447,4 +459,34 @@ async fn a_stall_without_acks_is_detected_and_the_connection_replaced() {
     .await;
     check(&run, "stall", &[]);
     assert!(run.summary.connections >= 2, "{:?}", run.summary);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_longer_than_the_memory_tier_is_carried_by_the_disk_tier() {
+    // 256 KiB of memory holds about one and a half fragments; the outage lasts six.
+    let run = stream(
+        6,
+        256 << 10,
+        FaultRequest::default(),
+        |_| {},
+        |endpoint| async move {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            let outage = FaultRequest {
+                refuse_connections_s: Some(3.0),
+                ..FaultRequest::default()
+            };
+            endpoint.kvs().inject(&outage).expect("inject outage");
+        },
+    )
+    .await;
+    let outcome = check(&run, "outage on disk", &[]);
+    assert_eq!(run.endpoint.kvs().fault_stats().refusals, 1);
+    let frames: u64 = run.closed.values().map(|n| u64::from(*n)).sum();
+    assert_eq!(outcome.frames_stored, frames, "every frame once");
+    assert!(
+        run.buffer.memory_copies_dropped > 0,
+        "the backlog was read back from disk: {:?}",
+        run.buffer
+    );
+    assert_eq!(run.buffer.fragments_evicted, 0, "{:?}", run.buffer);
 }

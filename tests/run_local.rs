@@ -279,7 +279,7 @@ async fn after_sigkill_a_restart_uploads_what_was_left_first_and_exactly_once() 
     // The network goes away (the open connection is cut): fragments pile up in the buffer
     // and on disk until the kill.
     let outage = FaultRequest {
-        refuse_connections_s: Some(4.0),
+        refuse_connections_s: Some(3.3),
         ..FaultRequest::default()
     };
     setup.endpoint.kvs().inject(&outage).expect("inject outage");

@@ -417,10 +417,10 @@ impl PutMediaDriver {
                 }
             }
         }
-        self.finish(drained)
+        self.finish(drained).await
     }
 
-    fn finish(mut self, drained: bool) -> UploadSummary {
+    async fn finish(mut self, drained: bool) -> UploadSummary {
         if let Some(conn) = self.conn.take() {
             conn.close();
         }
@@ -441,6 +441,15 @@ impl PutMediaDriver {
             drained,
             "uploader stopped"
         );
+        // Dropping the last handle of the log waits for its disk thread to store what is
+        // queued: not on a runtime worker.
+        let reader = self.reader;
+        if tokio::task::spawn_blocking(move || drop(reader))
+            .await
+            .is_err()
+        {
+            tracing::error!(stream = %self.stream_name, "closing the buffer failed");
+        }
         summary
     }
 
