@@ -6,15 +6,20 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use kinesis_edge::config::LogFormat;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Camera producer daemon: captures H.264/AAC through GStreamer, muxes Matroska fragments as
 /// Amazon Kinesis Video Streams ingests them, and uploads them from a durable buffer.
 #[derive(Debug, Parser)]
 #[command(name = "kinesis-edge", version, propagate_version = true)]
 struct Cli {
-    /// Log filter in `RUST_LOG` syntax, e.g. `info` or `kinesis_edge=debug,warn`.
-    #[arg(long, global = true, env = "KINESIS_EDGE_LOG", default_value = "info")]
-    log: String,
+    /// Log filter: a level (error, warn, info, debug, trace) or target=level pairs, e.g.
+    /// `warn,kinesis_edge=debug`. Default: `service.log_level` for `run`, else `info`.
+    #[arg(long, global = true, env = "KINESIS_EDGE_LOG")]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -110,8 +115,7 @@ fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
-    match run(cli.command) {
+    match run(cli.command, cli.log) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -120,17 +124,30 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+/// Logs to standard error (journald takes it from there under systemd), as text or one JSON
+/// object per line.
+fn init_logging(filter: &str, format: LogFormat) {
+    let targets: Targets = filter.parse().unwrap_or_else(|error| {
+        eprintln!("warning: log filter {filter:?} is not valid ({error}); using \"info\"");
+        Targets::new().with_default(tracing::Level::INFO)
+    });
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_ansi(ansi);
+    let installed = match format {
+        LogFormat::Text => builder.finish().with(targets).try_init(),
+        LogFormat::Json => builder.json().finish().with(targets).try_init(),
+    };
+    if let Err(error) = installed {
+        eprintln!("warning: logging not set up: {error}");
+    }
 }
 
-fn run(command: Command) -> anyhow::Result<ExitCode> {
+fn run(command: Command, log: Option<String>) -> anyhow::Result<ExitCode> {
+    if !matches!(command, Command::Run { .. }) {
+        init_logging(log.as_deref().unwrap_or("info"), LogFormat::Text);
+    }
     match command {
         Command::Run { config } => {
             let config = match kinesis_edge::config::load(&config) {
@@ -140,6 +157,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(EXIT_CONFIG));
                 }
             };
+            init_logging(
+                log.as_deref().unwrap_or(&config.service.log_level),
+                config.service.log_format,
+            );
             // Two workers: the uploaders and HTTP are light; capture and muxing run on their
             // own threads.
             let runtime = tokio::runtime::Builder::new_multi_thread()

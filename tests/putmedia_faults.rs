@@ -92,7 +92,11 @@ where
 {
     if let Ok(filter) = std::env::var("TEST_LOG") {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_max_level(
+                filter
+                    .parse::<tracing::Level>()
+                    .unwrap_or(tracing::Level::WARN),
+            )
             .with_test_writer()
             .try_init();
     }

@@ -144,7 +144,7 @@ fn expanded_partition_key_len(
     Ok(len + rest.chars().count())
 }
 
-/// Checks a `tracing` filter. A bare word is read by `EnvFilter` as a target name (so
+/// Checks a `tracing` filter (`Targets` syntax). A bare word is read as a target name (so
 /// `verbose` would silently mean "trace for target verbose, nothing else"): bare words must be
 /// level names; targets need `=level`.
 fn check_log_filter(filter: &str) -> Result<(), String> {
@@ -158,13 +158,14 @@ fn check_log_filter(filter: &str) -> Result<(), String> {
         let is_level = LEVELS
             .iter()
             .any(|level| directive.eq_ignore_ascii_case(level));
-        if !is_level && !directive.contains(['=', '[']) {
+        if !is_level && !directive.contains('=') {
             return Err(format!(
                 "{directive:?} is neither a level nor target=level; {HINT}"
             ));
         }
     }
-    tracing_subscriber::EnvFilter::try_new(filter)
+    filter
+        .parse::<tracing_subscriber::filter::Targets>()
         .map(drop)
         .map_err(|error| format!("is not a log filter ({error}); {HINT}"))
 }
