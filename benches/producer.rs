@@ -216,8 +216,28 @@ struct libc_rusage {
     rest: [i64; 14],
 }
 
+#[repr(C)]
+struct Timespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+
 unsafe extern "C" {
     fn getrusage(who: i32, usage: *mut libc_rusage) -> i32;
+    fn clock_gettime(clock: i32, time: *mut Timespec) -> i32;
+}
+
+/// CPU seconds of the calling thread (CLOCK_THREAD_CPUTIME_ID).
+fn thread_cpu_seconds() -> f64 {
+    let mut time = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct we own.
+    unsafe {
+        clock_gettime(3, &mut time);
+    }
+    time.tv_sec as f64 + time.tv_nsec as f64 / 1e9
 }
 
 /// (VmRSS, VmHWM) in KiB.
@@ -343,6 +363,8 @@ fn live(runtime: &tokio::runtime::Runtime, seconds: u64) -> BenchResult<()> {
             let mut closed_at: Vec<Instant> = Vec::new();
             let mut sent_at: Vec<Instant> = Vec::new();
             let mut peak_rss = 0;
+            let cpu_start = thread_cpu_seconds();
+            let mut ticks = 0u64;
             while !done.load(Ordering::Relaxed) {
                 let now = Instant::now();
                 // A fragment has closed once the next one has started.
@@ -354,10 +376,13 @@ fn live(runtime: &tokio::runtime::Runtime, seconds: u64) -> BenchResult<()> {
                 while sent_at.len() < sent {
                     sent_at.push(now);
                 }
-                peak_rss = peak_rss.max(rss_kib().0);
+                if ticks.is_multiple_of(100) {
+                    peak_rss = peak_rss.max(rss_kib().0);
+                }
+                ticks += 1;
                 std::thread::sleep(Duration::from_millis(1));
             }
-            (closed_at, sent_at, peak_rss)
+            (closed_at, sent_at, peak_rss, thread_cpu_seconds() - cpu_start)
         })
     };
 
@@ -387,7 +412,7 @@ fn live(runtime: &tokio::runtime::Runtime, seconds: u64) -> BenchResult<()> {
     let cpu = cpu_seconds() - cpu_idle;
     let (rss_end, hwm) = rss_kib();
     done.store(true, Ordering::Relaxed);
-    let (closed_at, sent_at, peak_rss) = sampler.join().map_err(|_| "sampler panicked")?;
+    let (closed_at, sent_at, peak_rss, sampler_cpu) = sampler.join().map_err(|_| "sampler panicked")?;
     let mut delays: Vec<f64> = closed_at
         .iter()
         .zip(&sent_at)
@@ -395,10 +420,13 @@ fn live(runtime: &tokio::runtime::Runtime, seconds: u64) -> BenchResult<()> {
         .collect();
     delays.sort_by(f64::total_cmp);
     println!("live: {seconds} s of 1080p30 H.264 (≈4 Mbps) + 48 kHz AAC, real time");
+    let producer_cpu = cpu - sampler_cpu;
     println!(
-        "  cpu {:.3} s total = {:.3} s per minute of video (sampler thread included)",
+        "  cpu {:.3} s total, sampler thread {:.3} s, producer {:.3} s = {:.3} s per minute of video",
         cpu,
-        cpu * 60.0 / seconds as f64
+        sampler_cpu,
+        producer_cpu,
+        producer_cpu * 60.0 / seconds as f64
     );
     println!(
         "  rss idle {:.1} MB, mid-run {:.1} MB (+{:.1}), peak sampled {:.1} MB (+{:.1}), end {:.1} MB, VmHWM {:.1} MB",
@@ -437,18 +465,29 @@ fn drain(runtime: &tokio::runtime::Runtime, seconds: u64) -> BenchResult<()> {
     // The outage: `seconds` of media, timestamped as if captured over the last `seconds`.
     let mut frames = Frames::new(now_ns() - seconds * 1_000_000_000);
     let mut muxer = muxer()?;
+    // FILL_SPEEDUP: how many times faster than real time the outage is written (0: unpaced).
+    let speedup = env_secs("FILL_SPEEDUP", 50);
     let fill = Instant::now();
     loop {
         let (offset, frame) = frames.next();
         if offset >= seconds * 1_000_000_000 {
             break;
         }
+        if speedup > 0 {
+            let due = fill + Duration::from_nanos(offset / speedup);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
         muxer.push(frame, &mut writer)?;
     }
     muxer.finish(&mut writer)?;
     writer.sync()?;
     drop(writer);
-    let backlog = reader.stats_handle().stats();
+    let stats = reader.stats_handle();
+    let backlog = stats.stats();
+    println!("  log after the outage: {backlog:?}");
     println!(
         "drain: {seconds} s backlog written in {:.1} s: {} fragments",
         fill.elapsed().as_secs_f64(),
@@ -463,7 +502,7 @@ fn drain(runtime: &tokio::runtime::Runtime, seconds: u64) -> BenchResult<()> {
     let mut last_print = start;
     loop {
         let now = counters.snapshot();
-        if now.fragments_acked >= target || start.elapsed() > Duration::from_secs(600) {
+        if now.fragments_acked >= target || start.elapsed() > Duration::from_secs(120) {
             break;
         }
         if last_print.elapsed() >= Duration::from_secs(5) {
@@ -479,6 +518,7 @@ fn drain(runtime: &tokio::runtime::Runtime, seconds: u64) -> BenchResult<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let elapsed = start.elapsed().as_secs_f64();
+    println!("  log at the end: {:?}", stats.stats());
     let snap = counters.snapshot();
     let _ = stop_tx.send(Some(Instant::now() + Duration::from_secs(5)));
     let _ = runtime.block_on(upload)?;
@@ -494,7 +534,11 @@ fn drain(runtime: &tokio::runtime::Runtime, seconds: u64) -> BenchResult<()> {
 }
 
 fn main() -> BenchResult<()> {
-    // `cargo bench` passes `--bench`; nothing else is accepted.
+    // RUST_LOG=info shows the uploader's decisions on stderr.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
