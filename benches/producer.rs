@@ -124,7 +124,10 @@ fn muxer() -> BenchResult<FragmentMuxer> {
     audio.codec_private = Some(Bytes::from_static(&ASC));
     let tags = FragmentTags::new();
     tags.set_persistent("bench", "producer")?;
-    Ok(FragmentMuxer::new(MuxerConfig::new(vec![video, audio]), tags)?)
+    Ok(FragmentMuxer::new(
+        MuxerConfig::new(vec![video, audio]),
+        tags,
+    )?)
 }
 
 /// The frames of `seconds` of video and audio from `t0_ns`, in presentation order.
@@ -347,7 +350,8 @@ fn live(runtime: &tokio::runtime::Runtime, seconds: u64) -> BenchResult<()> {
         disk_bytes: 512 * MIB,
         fsync: true,
     };
-    let (mut writer, reader, _) = FragmentLog::open(dir.path().join("buffer"), budgets, "bench-live")?;
+    let (mut writer, reader, _) =
+        FragmentLog::open(dir.path().join("buffer"), budgets, "bench-live")?;
     let stats = reader.stats_handle();
     let driver = driver(&endpoint.url, "bench-live", reader)?;
     let counters: Arc<UploadCounters> = driver.counters();
@@ -382,7 +386,12 @@ fn live(runtime: &tokio::runtime::Runtime, seconds: u64) -> BenchResult<()> {
                 ticks += 1;
                 std::thread::sleep(Duration::from_millis(1));
             }
-            (closed_at, sent_at, peak_rss, thread_cpu_seconds() - cpu_start)
+            (
+                closed_at,
+                sent_at,
+                peak_rss,
+                thread_cpu_seconds() - cpu_start,
+            )
         })
     };
 
@@ -412,7 +421,8 @@ fn live(runtime: &tokio::runtime::Runtime, seconds: u64) -> BenchResult<()> {
     let cpu = cpu_seconds() - cpu_idle;
     let (rss_end, hwm) = rss_kib();
     done.store(true, Ordering::Relaxed);
-    let (closed_at, sent_at, peak_rss, sampler_cpu) = sampler.join().map_err(|_| "sampler panicked")?;
+    let (closed_at, sent_at, peak_rss, sampler_cpu) =
+        sampler.join().map_err(|_| "sampler panicked")?;
     let mut delays: Vec<f64> = closed_at
         .iter()
         .zip(&sent_at)
@@ -473,8 +483,8 @@ fn drain(runtime: &tokio::runtime::Runtime, seconds: u64) -> BenchResult<()> {
         if offset >= seconds * 1_000_000_000 {
             break;
         }
-        if speedup > 0 {
-            let due = fill + Duration::from_nanos(offset / speedup);
+        if let Some(scaled) = offset.checked_div(speedup) {
+            let due = fill + Duration::from_nanos(scaled);
             let now = Instant::now();
             if due > now {
                 std::thread::sleep(due - now);
