@@ -1,0 +1,564 @@
+//! The producer's own cost, end to end: 1080p30-sized H.264 access units (≈ 4 Mbps, 16.9 KB
+//! average, a key frame every 2 s) and 48 kHz AAC frames, pre-encoded and paced in real time,
+//! through the real muxer → fragment log → PutMedia uploader → a local KVS endpoint that runs in
+//! a separate process (so its cost is not counted).
+//!
+//! `cargo bench --features local-endpoint --bench producer` runs two phases and prints:
+//! - `live`: BENCH_SECONDS (default 60) of real-time streaming; process CPU seconds per minute of
+//!   video (getrusage) and VmRSS / VmHWM over the idle baseline taken before the log and the
+//!   uploader exist (the pre-encoded input is already in memory, as a fakesink pipeline holds it);
+//!   the latency from a frame handed to the muxer to the uploader having taken all of its
+//!   fragment's bytes up to that frame is not observable without instrumentation, so it is
+//!   reported as the ACK-free bound: the time from a fragment closing in the log to the uploader
+//!   counting it sent (`fragments_sent`), sampled every millisecond.
+//! - `drain`: BACKLOG_SECONDS (default 300) of fragments written into the log faster than real
+//!   time while no uploader runs (a 5-minute outage), then the uploader starts; reports
+//!   fragments/s, MB/s and the time until every fragment is acknowledged.
+//!
+//! The library pieces are driven directly (the binary's capture needs a live GStreamer encode,
+//! which would hide everything else: DESIGN.md "Performance targets").
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use kinesis_edge::aws::EnvLookup;
+use kinesis_edge::buffer::{Budgets, FragmentLog};
+use kinesis_edge::config::AwsConfig;
+use kinesis_edge::media::{Codec, Frame, NalFormat};
+use kinesis_edge::mkv::{FragmentMuxer, FragmentTags, MuxerConfig, TrackSpec};
+use kinesis_edge::service::access::kvs_access;
+use kinesis_edge::upload::backoff::SplitMix64;
+use kinesis_edge::upload::putmedia::{
+    PacingLimits, PutMediaDriver, StreamSettings, TimecodeType, UploadCounters,
+};
+use kinesis_edge::upload::session::SessionConfig;
+use tokio::sync::watch;
+
+const FPS: u64 = 30;
+const GOP: u64 = 60;
+const FRAME_NS: u64 = 1_000_000_000 / FPS;
+const AVERAGE_AU: usize = 16_900;
+const AAC_FRAME: usize = 341;
+const AAC_NS: u64 = 1024 * 1_000_000_000 / 48_000;
+const KEY: &str = "AKIDBENCHPRODUCER";
+const SECRET: &str = "bench-secret";
+const MIB: u64 = 1024 * 1024;
+
+const SPS_1080P: [u8; 30] = [
+    0x67, 0x64, 0x00, 0x28, 0xAC, 0xD9, 0x40, 0x78, 0x02, 0x27, 0xE5, 0xC0, 0x5A, 0x80, 0x80, 0x80,
+    0xA0, 0x00, 0x00, 0x03, 0x00, 0x20, 0x00, 0x00, 0x07, 0x91, 0xE3, 0x06, 0x32, 0xC0,
+];
+const PPS: [u8; 5] = [0x68, 0xEB, 0xEC, 0xB2, 0x2C];
+/// AudioSpecificConfig: AAC-LC, 48 kHz, mono.
+const ASC: [u8; 2] = [0x11, 0x88];
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn slice_nal(header: u8, len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len);
+    out.push(header);
+    let mut prev = header;
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let mut byte = state as u8;
+        if prev == 0 && byte == 0 {
+            byte = 0x5A;
+        }
+        out.push(byte);
+        prev = byte;
+    }
+    out
+}
+
+/// One GOP of length-prefixed access units, as a parser after `h264parse` hands them over.
+fn gop() -> Vec<Bytes> {
+    let total = AVERAGE_AU * GOP as usize;
+    let delta = total / (GOP as usize + 3);
+    let key = total - delta * (GOP as usize - 1);
+    (0..GOP)
+        .map(|i| {
+            let mut out = Vec::new();
+            let slice = if i == 0 {
+                slice_nal(0x65, key - 50, i)
+            } else {
+                slice_nal(0x41, delta - 12, i)
+            };
+            let aud: &[u8] = &[0x09, 0x10];
+            let nals: Vec<&[u8]> = if i == 0 {
+                vec![aud, &SPS_1080P, &PPS, &slice]
+            } else {
+                vec![aud, &slice]
+            };
+            for nal in nals {
+                out.extend_from_slice(&(nal.len() as u32).to_be_bytes());
+                out.extend_from_slice(nal);
+            }
+            Bytes::from(out)
+        })
+        .collect()
+}
+
+fn avcc() -> Vec<u8> {
+    let mut out = vec![1, SPS_1080P[1], SPS_1080P[2], SPS_1080P[3], 0xFF, 0xE1];
+    out.extend_from_slice(&(SPS_1080P.len() as u16).to_be_bytes());
+    out.extend_from_slice(&SPS_1080P);
+    out.push(1);
+    out.extend_from_slice(&(PPS.len() as u16).to_be_bytes());
+    out.extend_from_slice(&PPS);
+    out
+}
+
+fn muxer() -> BenchResult<FragmentMuxer> {
+    let mut video = TrackSpec::video(Codec::H264, NalFormat::LengthPrefixed);
+    video.width = 1920;
+    video.height = 1080;
+    video.codec_private = Some(Bytes::from(avcc()));
+    let mut audio = TrackSpec::aac(48_000, 1);
+    audio.codec_private = Some(Bytes::from_static(&ASC));
+    let tags = FragmentTags::new();
+    tags.set_persistent("bench", "producer")?;
+    Ok(FragmentMuxer::new(
+        MuxerConfig::new(vec![video, audio]),
+        tags,
+    )?)
+}
+
+/// The frames of `seconds` of video and audio from `t0_ns`, in presentation order.
+struct Frames {
+    gop: Vec<Bytes>,
+    aac: Bytes,
+    t0_ns: u64,
+    video: u64,
+    audio: u64,
+}
+
+impl Frames {
+    fn new(t0_ns: u64) -> Self {
+        Self {
+            gop: gop(),
+            aac: Bytes::from(slice_nal(0x21, AAC_FRAME, 7)),
+            t0_ns,
+            video: 0,
+            audio: 0,
+        }
+    }
+
+    /// Offset (ns from t0) of the next frame, and the frame.
+    fn next(&mut self) -> (u64, Frame) {
+        let video_at = self.video * FRAME_NS;
+        let audio_at = self.audio * AAC_NS;
+        if video_at <= audio_at {
+            let index = (self.video % GOP) as usize;
+            self.video += 1;
+            let data = self.gop.get(index).cloned().unwrap_or_default();
+            let pts = self.t0_ns + video_at;
+            (
+                video_at,
+                Frame {
+                    track: 0,
+                    pts_ns: pts,
+                    dts_ns: pts,
+                    duration_ns: FRAME_NS,
+                    key: index == 0,
+                    data,
+                },
+            )
+        } else {
+            self.audio += 1;
+            let pts = self.t0_ns + audio_at;
+            (
+                audio_at,
+                Frame {
+                    track: 1,
+                    pts_ns: pts,
+                    dts_ns: pts,
+                    duration_ns: AAC_NS,
+                    key: true,
+                    data: self.aac.clone(),
+                },
+            )
+        }
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage writes into the struct we own.
+    let usage = unsafe {
+        let mut usage: libc_rusage = std::mem::zeroed();
+        getrusage(0, &mut usage);
+        usage
+    };
+    let tv = |t: Timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Timeval {
+    tv_sec: i64,
+    tv_usec: i64,
+}
+
+#[repr(C)]
+struct libc_rusage {
+    ru_utime: Timeval,
+    ru_stime: Timeval,
+    rest: [i64; 14],
+}
+
+#[repr(C)]
+struct Timespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+
+unsafe extern "C" {
+    fn getrusage(who: i32, usage: *mut libc_rusage) -> i32;
+    fn clock_gettime(clock: i32, time: *mut Timespec) -> i32;
+}
+
+/// CPU seconds of the calling thread (CLOCK_THREAD_CPUTIME_ID).
+fn thread_cpu_seconds() -> f64 {
+    let mut time = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct we own.
+    unsafe {
+        clock_gettime(3, &mut time);
+    }
+    time.tv_sec as f64 + time.tv_nsec as f64 / 1e9
+}
+
+/// (VmRSS, VmHWM) in KiB.
+fn rss_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+struct Endpoint {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_endpoint(data_dir: &std::path::Path) -> BenchResult<Endpoint> {
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let child = Command::new(env!("CARGO_BIN_EXE_kinesis-edge"))
+        .args(["local-endpoint", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--access-key", KEY, "--secret-key", SECRET])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(Endpoint { child, url });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err("the local endpoint did not start".into())
+}
+
+fn driver(
+    url: &str,
+    stream: &str,
+    reader: kinesis_edge::buffer::FragmentReader,
+) -> BenchResult<PutMediaDriver> {
+    let url = url.to_owned();
+    let env: EnvLookup = Arc::new(move |name: &str| match name {
+        "AWS_ACCESS_KEY_ID" => Some(KEY.to_owned()),
+        "AWS_SECRET_ACCESS_KEY" => Some(SECRET.to_owned()),
+        "AWS_REGION" => Some("us-west-2".to_owned()),
+        "AWS_ENDPOINT_URL" => Some(url.clone()),
+        _ => None,
+    });
+    let access = kvs_access(&AwsConfig::default(), &env, Duration::from_secs(5))?;
+    let mut session = SessionConfig::new(stream);
+    session.create = Some(kinesis_edge::upload::session::CreateStreamSettings {
+        device_name: Some("bench".to_owned()),
+        media_type: Some("video/h264,audio/aac".to_owned()),
+        kms_key_id: None,
+        data_retention_in_hours: 2,
+    });
+    let settings = StreamSettings {
+        session,
+        timecode_type: TimecodeType::Absolute,
+        pacing: PacingLimits::default(),
+    };
+    Ok(PutMediaDriver::new(
+        Arc::new(access),
+        settings,
+        reader,
+        Box::new(SplitMix64::new(42)),
+    )?)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted.get(index).copied().unwrap_or(f64::NAN)
+}
+
+fn env_secs(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn live(runtime: &tokio::runtime::Runtime, seconds: u64) -> BenchResult<()> {
+    let dir = tempfile::tempdir()?;
+    let endpoint = start_endpoint(&dir.path().join("endpoint"))?;
+    let mut frames = Frames::new(now_ns());
+    let (rss_idle, _) = rss_kib();
+    let cpu_idle = cpu_seconds();
+
+    let budgets = Budgets {
+        memory_bytes: 16 * MIB,
+        disk_bytes: 512 * MIB,
+        fsync: true,
+    };
+    let (mut writer, reader, _) =
+        FragmentLog::open(dir.path().join("buffer"), budgets, "bench-live")?;
+    let stats = reader.stats_handle();
+    let driver = driver(&endpoint.url, "bench-live", reader)?;
+    let counters: Arc<UploadCounters> = driver.counters();
+    let (stop_tx, stop_rx) = watch::channel(None);
+    let upload = runtime.spawn(driver.run(stop_rx));
+
+    // Sampler: when each fragment closed in the log vs when the uploader counted it sent.
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = Arc::clone(&done);
+        let counters = Arc::clone(&counters);
+        std::thread::spawn(move || {
+            let mut closed_at: Vec<Instant> = Vec::new();
+            let mut sent_at: Vec<Instant> = Vec::new();
+            let mut peak_rss = 0;
+            let cpu_start = thread_cpu_seconds();
+            let mut ticks = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                // A fragment has closed once the next one has started.
+                let closed = stats.stats().fragments_written.saturating_sub(1) as usize;
+                while closed_at.len() < closed {
+                    closed_at.push(now);
+                }
+                let sent = counters.snapshot().fragments_sent as usize;
+                while sent_at.len() < sent {
+                    sent_at.push(now);
+                }
+                if ticks.is_multiple_of(100) {
+                    peak_rss = peak_rss.max(rss_kib().0);
+                }
+                ticks += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (
+                closed_at,
+                sent_at,
+                peak_rss,
+                thread_cpu_seconds() - cpu_start,
+            )
+        })
+    };
+
+    let start = Instant::now();
+    let mut muxer = muxer()?;
+    let end = seconds * 1_000_000_000;
+    let mut mid_rss = 0;
+    loop {
+        let (offset, frame) = frames.next();
+        if offset >= end {
+            break;
+        }
+        let due = start + Duration::from_nanos(offset);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        muxer.push(frame, &mut writer)?;
+        if mid_rss == 0 && offset >= end / 2 {
+            mid_rss = rss_kib().0;
+        }
+    }
+    muxer.finish(&mut writer)?;
+    drop(writer);
+    let _ = stop_tx.send(Some(Instant::now() + Duration::from_secs(10)));
+    let summary = runtime.block_on(upload)?;
+    let cpu = cpu_seconds() - cpu_idle;
+    let (rss_end, hwm) = rss_kib();
+    done.store(true, Ordering::Relaxed);
+    let (closed_at, sent_at, peak_rss, sampler_cpu) =
+        sampler.join().map_err(|_| "sampler panicked")?;
+    let mut delays: Vec<f64> = closed_at
+        .iter()
+        .zip(&sent_at)
+        .map(|(closed, sent)| sent.saturating_duration_since(*closed).as_secs_f64() * 1e3)
+        .collect();
+    delays.sort_by(f64::total_cmp);
+    println!("live: {seconds} s of 1080p30 H.264 (≈4 Mbps) + 48 kHz AAC, real time");
+    let producer_cpu = cpu - sampler_cpu;
+    println!(
+        "  cpu {:.3} s total, sampler thread {:.3} s, producer {:.3} s = {:.3} s per minute of video",
+        cpu,
+        sampler_cpu,
+        producer_cpu,
+        producer_cpu * 60.0 / seconds as f64
+    );
+    println!(
+        "  rss idle {:.1} MB, mid-run {:.1} MB (+{:.1}), peak sampled {:.1} MB (+{:.1}), end {:.1} MB, VmHWM {:.1} MB",
+        rss_idle as f64 / 1024.0,
+        mid_rss as f64 / 1024.0,
+        (mid_rss as f64 - rss_idle as f64) / 1024.0,
+        peak_rss as f64 / 1024.0,
+        (peak_rss as f64 - rss_idle as f64) / 1024.0,
+        rss_end as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+    println!(
+        "  fragment closed → counted sent: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} fragments (1 ms sampling)",
+        percentile(&delays, 0.5),
+        percentile(&delays, 0.99),
+        delays.last().copied().unwrap_or(f64::NAN),
+        delays.len()
+    );
+    println!(
+        "  upload: {} fragments sent, {} acked, {} bytes, drained {}",
+        summary.fragments_sent, summary.fragments_acked, summary.bytes_sent, summary.drained
+    );
+    Ok(())
+}
+
+fn drain(runtime: &tokio::runtime::Runtime, seconds: u64) -> BenchResult<()> {
+    let dir = tempfile::tempdir()?;
+    let endpoint = start_endpoint(&dir.path().join("endpoint"))?;
+    let budgets = Budgets {
+        memory_bytes: 16 * MIB,
+        disk_bytes: 1024 * MIB,
+        fsync: false,
+    };
+    let (mut writer, reader, _) =
+        FragmentLog::open(dir.path().join("buffer"), budgets, "bench-drain")?;
+    // The outage: `seconds` of media, timestamped as if captured over the last `seconds`.
+    let mut frames = Frames::new(now_ns() - seconds * 1_000_000_000);
+    let mut muxer = muxer()?;
+    // FILL_SPEEDUP: how many times faster than real time the outage is written (0: unpaced).
+    let speedup = env_secs("FILL_SPEEDUP", 50);
+    let fill = Instant::now();
+    loop {
+        let (offset, frame) = frames.next();
+        if offset >= seconds * 1_000_000_000 {
+            break;
+        }
+        if let Some(scaled) = offset.checked_div(speedup) {
+            let due = fill + Duration::from_nanos(scaled);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+        muxer.push(frame, &mut writer)?;
+    }
+    muxer.finish(&mut writer)?;
+    writer.sync()?;
+    drop(writer);
+    let stats = reader.stats_handle();
+    let backlog = stats.stats();
+    println!("  log after the outage: {backlog:?}");
+    println!(
+        "drain: {seconds} s backlog written in {:.1} s: {} fragments",
+        fill.elapsed().as_secs_f64(),
+        backlog.fragments_written
+    );
+    let driver = driver(&endpoint.url, "bench-drain", reader)?;
+    let counters = driver.counters();
+    let (stop_tx, stop_rx) = watch::channel(None);
+    let start = Instant::now();
+    let upload = runtime.spawn(driver.run(stop_rx));
+    let target = backlog.fragments_written;
+    let mut last_print = start;
+    loop {
+        let now = counters.snapshot();
+        if now.fragments_acked >= target || start.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+        if last_print.elapsed() >= Duration::from_secs(5) {
+            last_print = Instant::now();
+            println!(
+                "  t={:.0}s sent {} acked {} ({:.1} MB)",
+                start.elapsed().as_secs_f64(),
+                now.fragments_sent,
+                now.fragments_acked,
+                now.bytes_sent as f64 / 1e6
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    println!("  log at the end: {:?}", stats.stats());
+    let snap = counters.snapshot();
+    let _ = stop_tx.send(Some(Instant::now() + Duration::from_secs(5)));
+    let _ = runtime.block_on(upload)?;
+    println!(
+        "  caught up in {:.1} s: {} fragments acked, {:.2} fragments/s, {:.2} MB/s ({:.1} MB)",
+        elapsed,
+        snap.fragments_acked,
+        snap.fragments_acked as f64 / elapsed,
+        snap.bytes_sent as f64 / 1e6 / elapsed,
+        snap.bytes_sent as f64 / 1e6
+    );
+    Ok(())
+}
+
+fn main() -> BenchResult<()> {
+    // RUST_LOG=info shows the uploader's decisions on stderr.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let phase = std::env::var("BENCH_PHASE").unwrap_or_default();
+    if phase.is_empty() || phase == "live" {
+        live(&runtime, env_secs("BENCH_SECONDS", 60))?;
+    }
+    if phase.is_empty() || phase == "drain" {
+        drain(&runtime, env_secs("BACKLOG_SECONDS", 300))?;
+    }
+    Ok(())
+}
