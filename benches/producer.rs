@@ -544,9 +544,13 @@ fn drain(runtime: &tokio::runtime::Runtime, seconds: u64) -> BenchResult<()> {
 }
 
 fn main() -> BenchResult<()> {
-    // RUST_LOG=info shows the uploader's decisions on stderr.
+    // RUST_LOG=info (a level) shows the uploader's decisions on stderr.
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|level| level.parse::<tracing::Level>().ok())
+        .unwrap_or(tracing::Level::ERROR);
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_max_level(level)
         .with_writer(std::io::stderr)
         .try_init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
