@@ -223,9 +223,10 @@ fn check(run: &Run, name: &str, skipped: &[u64]) -> Outcome {
     let frames_sent: u64 = run.closed.values().map(|n| u64::from(*n)).sum();
     println!(
         "{name}: fragments closed {}, frames sent {frames_sent}, frames stored {frames_stored}, \
-         duplicates {}, skipped {}, connections {}, left {}",
+         duplicates {}, evictions {}, skipped {}, connections {}, left {}",
         run.closed.len(),
         duplicates.len(),
+        run.buffer.fragments_evicted,
         run.summary.fragments_skipped,
         run.summary.connections,
         run.summary.fragments_left,
@@ -367,6 +368,70 @@ async fn error_acks_4006_is_skipped_and_5000_is_retried() {
     assert!(
         retried.is_some_and(|t| outcome.persisted.contains_key(&t)),
         "the 5000 fragment is sent again and stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_acks_4009_is_skipped_and_4000_is_retried() {
+    let run = stream(
+        6,
+        MEMORY,
+        FaultRequest::default(),
+        |_| {},
+        |endpoint| async move {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            let fault = FaultRequest {
+                error_ack: Some(ErrorAckRequest {
+                    code: 4009,
+                    after_fragments: 0,
+                }),
+                ..FaultRequest::default()
+            };
+            endpoint.kvs().inject(&fault).expect("inject 4009");
+            tokio::time::sleep(Duration::from_millis(2000)).await;
+            let fault = FaultRequest {
+                error_ack: Some(ErrorAckRequest {
+                    code: 4000,
+                    after_fragments: 0,
+                }),
+                ..FaultRequest::default()
+            };
+            endpoint.kvs().inject(&fault).expect("inject 4000");
+        },
+    )
+    .await;
+    let records = run.endpoint.kvs().fragments(STREAM);
+    let errors: Vec<(u64, u16)> = records
+        .iter()
+        .filter_map(|r| r.error.as_ref().map(|e| (r.timecode, e.id)))
+        .collect();
+    let refused: Vec<u64> = errors
+        .iter()
+        .filter(|(_, id)| *id == 4009)
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(refused.len(), 1, "one 4009: {errors:?}");
+    let retried: Vec<u64> = errors
+        .iter()
+        .filter(|(_, id)| *id == 4000)
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(retried.len(), 1, "one 4000: {errors:?}");
+    let outcome = check(&run, "error acks 4000/4009", &refused);
+    assert_eq!(run.summary.fragments_skipped, 1, "{:?}", run.summary);
+    assert!(
+        retried.iter().all(|t| outcome.persisted.get(t) == Some(&1)),
+        "the 4000 fragment is sent again and stored once: {retried:?}"
+    );
+    let frames: u64 = run
+        .closed
+        .iter()
+        .filter(|(t, _)| !refused.contains(t))
+        .map(|(_, n)| u64::from(*n))
+        .sum();
+    assert_eq!(
+        outcome.frames_stored, frames,
+        "every frame not refused, once"
     );
 }
 
