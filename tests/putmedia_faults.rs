@@ -7,12 +7,14 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use kinesis_edge::aws::{
-    ClockSkew, Credentials, CredentialsCache, DEFAULT_REFRESH_BEFORE, StaticProvider,
+    ClockSkew, Credentials, CredentialsCache, DEFAULT_REFRESH_BEFORE, ProvideCredentials,
+    ProvideFuture, StaticProvider,
 };
 use kinesis_edge::buffer::{Budgets, BufferStats, FragmentLog, FragmentWriter};
 use kinesis_edge::local::kvs::ack::AckEventType;
@@ -90,6 +92,36 @@ where
     F: FnOnce(Arc<LocalEndpoint>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let provider = Arc::new(StaticProvider::new(Credentials::new(
+        KEY_ID, SECRET, None, None,
+    )));
+    stream_signed_by(
+        seconds,
+        memory_bytes,
+        initial,
+        tune,
+        faults,
+        provider,
+        DEFAULT_REFRESH_BEFORE,
+    )
+    .await
+}
+
+/// [`stream`] with the uploader's credentials from `provider`, cached `refresh_before` ahead
+/// of their expiry.
+async fn stream_signed_by<F, Fut>(
+    seconds: u64,
+    memory_bytes: u64,
+    initial: FaultRequest,
+    tune: impl FnOnce(&mut SessionConfig),
+    faults: F,
+    provider: Arc<dyn ProvideCredentials>,
+    refresh_before: Duration,
+) -> Run
+where
+    F: FnOnce(Arc<LocalEndpoint>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     if let Ok(filter) = std::env::var("TEST_LOG") {
         let _ = tracing_subscriber::fmt()
             .with_max_level(
@@ -115,11 +147,8 @@ where
     let (writer, reader, _) =
         FragmentLog::open(dir.path().join("buffer"), budgets, STREAM).expect("log");
     let buffer_stats = writer.stats_handle();
-    let provider = Arc::new(StaticProvider::new(Credentials::new(
-        KEY_ID, SECRET, None, None,
-    )));
     let access = KvsAccess::new(
-        CredentialsCache::new(provider, DEFAULT_REFRESH_BEFORE),
+        CredentialsCache::new(provider, refresh_before),
         ClockSkew::new(),
         "us-west-2",
         endpoint.url(),
@@ -227,9 +256,10 @@ fn check(run: &Run, name: &str, skipped: &[u64]) -> Outcome {
     let frames_sent: u64 = run.closed.values().map(|n| u64::from(*n)).sum();
     println!(
         "{name}: fragments closed {}, frames sent {frames_sent}, frames stored {frames_stored}, \
-         duplicates {}, skipped {}, connections {}, left {}",
+         duplicates {}, evictions {}, skipped {}, connections {}, left {}",
         run.closed.len(),
         duplicates.len(),
+        run.buffer.fragments_evicted,
         run.summary.fragments_skipped,
         run.summary.connections,
         run.summary.fragments_left,
@@ -375,6 +405,70 @@ async fn error_acks_4006_is_skipped_and_5000_is_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_acks_4009_is_skipped_and_4000_is_retried() {
+    let run = stream(
+        6,
+        MEMORY,
+        FaultRequest::default(),
+        |_| {},
+        |endpoint| async move {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            let fault = FaultRequest {
+                error_ack: Some(ErrorAckRequest {
+                    code: 4009,
+                    after_fragments: 0,
+                }),
+                ..FaultRequest::default()
+            };
+            endpoint.kvs().inject(&fault).expect("inject 4009");
+            tokio::time::sleep(Duration::from_millis(2000)).await;
+            let fault = FaultRequest {
+                error_ack: Some(ErrorAckRequest {
+                    code: 4000,
+                    after_fragments: 0,
+                }),
+                ..FaultRequest::default()
+            };
+            endpoint.kvs().inject(&fault).expect("inject 4000");
+        },
+    )
+    .await;
+    let records = run.endpoint.kvs().fragments(STREAM);
+    let errors: Vec<(u64, u16)> = records
+        .iter()
+        .filter_map(|r| r.error.as_ref().map(|e| (r.timecode, e.id)))
+        .collect();
+    let refused: Vec<u64> = errors
+        .iter()
+        .filter(|(_, id)| *id == 4009)
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(refused.len(), 1, "one 4009: {errors:?}");
+    let retried: Vec<u64> = errors
+        .iter()
+        .filter(|(_, id)| *id == 4000)
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(retried.len(), 1, "one 4000: {errors:?}");
+    let outcome = check(&run, "error acks 4000/4009", &refused);
+    assert_eq!(run.summary.fragments_skipped, 1, "{:?}", run.summary);
+    assert!(
+        retried.iter().all(|t| outcome.persisted.get(t) == Some(&1)),
+        "the 4000 fragment is sent again and stored once: {retried:?}"
+    );
+    let frames: u64 = run
+        .closed
+        .iter()
+        .filter(|(t, _)| !refused.contains(t))
+        .map(|(_, n)| u64::from(*n))
+        .sum();
+    assert_eq!(
+        outcome.frames_stored, frames,
+        "every frame not refused, once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clock_ten_minutes_off_is_learned_from_the_date_header() {
     let run = stream(
         4,
@@ -493,4 +587,82 @@ async fn an_outage_longer_than_the_memory_tier_is_carried_by_the_disk_tier() {
         run.buffer
     );
     assert_eq!(run.buffer.fragments_evicted, 0, "{:?}", run.buffer);
+}
+
+const KEY_ID_2: &str = "AKIDFAULTS2";
+const SECRET_2: &str = "faults-secret-2";
+
+/// Temporary credentials: the first key expires `first_expires_at`; once `rotated` is set
+/// (the issuer rotated the key) it hands out the second, valid for an hour.
+struct RotatingProvider {
+    first_expires_at: SystemTime,
+    rotated: Arc<AtomicBool>,
+    first_served: AtomicU32,
+    second_served: AtomicU32,
+}
+
+impl ProvideCredentials for RotatingProvider {
+    fn provide(&self) -> ProvideFuture<'_> {
+        let credentials = if self.rotated.load(Ordering::SeqCst) {
+            self.second_served.fetch_add(1, Ordering::SeqCst);
+            Credentials::new(
+                KEY_ID_2,
+                SECRET_2,
+                None,
+                Some(SystemTime::now() + Duration::from_secs(3600)),
+            )
+        } else {
+            self.first_served.fetch_add(1, Ordering::SeqCst);
+            Credentials::new(KEY_ID, SECRET, None, Some(self.first_expires_at))
+        };
+        Box::pin(async move { Ok(credentials) })
+    }
+    fn name(&self) -> &'static str {
+        "rotating test keys"
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_that_expire_mid_stream_are_refreshed_without_loss() {
+    let rotated = Arc::new(AtomicBool::new(false));
+    let provider = Arc::new(RotatingProvider {
+        first_expires_at: SystemTime::now() + Duration::from_secs(3),
+        rotated: Arc::clone(&rotated),
+        first_served: AtomicU32::new(0),
+        second_served: AtomicU32::new(0),
+    });
+    let issuer = Arc::clone(&rotated);
+    let run = stream_signed_by(
+        6,
+        MEMORY,
+        FaultRequest::default(),
+        |session| {
+            session.credential_refresh_lead = Duration::from_secs(2);
+            session.credential_rotation_margin = Duration::from_millis(500);
+            // New connections keep coming, so some must be signed after key 1 is revoked.
+            session.rotation_interval = Duration::from_millis(1200);
+            session.rotation_jitter = Duration::ZERO;
+        },
+        move |endpoint| async move {
+            tokio::time::sleep(Duration::from_millis(2000)).await;
+            // The issuer rotates: key 2 is handed out, and the service knows only key 2.
+            issuer.store(true, Ordering::SeqCst);
+            endpoint
+                .kvs()
+                .require_signatures(vec![Credentials::new(KEY_ID_2, SECRET_2, None, None)], None);
+        },
+        Arc::clone(&provider) as Arc<dyn ProvideCredentials>,
+        Duration::from_secs(2),
+    )
+    .await;
+    let outcome = check(&run, "credentials expire", &[]);
+    let first = provider.first_served.load(Ordering::SeqCst);
+    let second = provider.second_served.load(Ordering::SeqCst);
+    println!("credentials expire: key 1 served {first}, key 2 served {second}");
+    assert!(rotated.load(Ordering::SeqCst));
+    assert!(second >= 1, "key 2 was never fetched");
+    assert!(run.summary.connections >= 3, "{:?}", run.summary);
+    let frames: u64 = run.closed.values().map(|n| u64::from(*n)).sum();
+    assert_eq!(outcome.frames_stored, frames, "every frame once");
+    assert!(outcome.duplicates.is_empty(), "{:?}", outcome.duplicates);
 }

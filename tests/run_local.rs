@@ -210,12 +210,31 @@ fn check_media(path: &Path) -> u64 {
     packets
 }
 
+/// Every stored media file of the stream (one per PutMedia connection), checked by
+/// [`check_media`]; returns the packets they hold together.
+fn check_all_media(endpoint: &LocalEndpoint) -> (u64, u32) {
+    let mut packets = 0;
+    let mut files = 0;
+    while endpoint.kvs().media_path(STREAM, files).exists() {
+        packets += check_media(&endpoint.kvs().media_path(STREAM, files));
+        files += 1;
+    }
+    assert!(files > 0, "no media stored");
+    (packets, files)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_seconds_of_the_demo_arrive_complete_and_persisted() {
+async fn sixty_seconds_of_the_demo_arrive_complete_and_persisted() {
+    demo_arrives_complete(60).await;
+}
+
+/// Runs the demo-like configuration for `seconds`, stops it with SIGTERM, and checks every
+/// frame the daemon muxed is in exactly one PERSISTED fragment of a file ffmpeg accepts.
+async fn demo_arrives_complete(seconds: u64) {
     let setup = setup(10).await;
     let log = setup.dir.path().join("daemon.log");
     let daemon = start_daemon(&setup.config, &log);
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
     signal(&daemon, "TERM");
     let stdout = wait_exit(daemon, Duration::from_secs(15), &log).await;
 
@@ -232,7 +251,10 @@ async fn ten_seconds_of_the_demo_arrive_complete_and_persisted() {
         records.len(),
         ok.len() - timecodes.len()
     );
-    assert!(fragments >= 7, "10 s at 1 s fragments: {stdout}");
+    assert!(
+        fragments * FRAGMENT_MS >= seconds * 1000 * 7 / 10,
+        "{seconds} s at 1 s fragments: {stdout}"
+    );
     assert_eq!(
         summary_field(&stdout, "fragments_left"),
         0,
@@ -262,10 +284,11 @@ async fn ten_seconds_of_the_demo_arrive_complete_and_persisted() {
             record.tags
         );
     }
-    let packets = check_media(&setup.endpoint.kvs().media_path(STREAM, 0));
+    let (packets, files) = check_all_media(&setup.endpoint);
+    println!("{seconds} s: ffprobe counts {packets} packets in {files} stored file(s)");
     assert_eq!(
         packets, frames_muxed,
-        "ffprobe counts every frame in the stored file"
+        "ffprobe counts every frame in the stored files"
     );
     setup.endpoint.shutdown().await;
 }
