@@ -384,7 +384,7 @@ async fn error_acks_4006_is_skipped_and_5000_is_retried() {
     )
     .await;
     let records = run.endpoint.kvs().fragments(STREAM);
-    let errors: Vec<(u64, u16)> = records
+    let errors: Vec<(u64, u32)> = records
         .iter()
         .filter_map(|r| r.error.as_ref().map(|e| (r.timecode, e.id)))
         .collect();
@@ -434,7 +434,7 @@ async fn error_acks_4009_is_skipped_and_4000_is_retried() {
     )
     .await;
     let records = run.endpoint.kvs().fragments(STREAM);
-    let errors: Vec<(u64, u16)> = records
+    let errors: Vec<(u64, u32)> = records
         .iter()
         .filter_map(|r| r.error.as_ref().map(|e| (r.timecode, e.id)))
         .collect();

@@ -36,129 +36,8 @@ impl AckEventType {
     }
 }
 
-/// The service's ACK error codes (`ErrorId`) with their names (`ErrorCode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum AckErrorCode {
-    /// 4000: error reading the data stream.
-    StreamReadError,
-    /// 4001: fragment larger than the size limit.
-    MaxFragmentSizeReached,
-    /// 4002: fragment longer than the duration limit.
-    MaxFragmentDurationReached,
-    /// 4003: connection older than the connection limit.
-    MaxConnectionDurationReached,
-    /// 4004: a fragment's first timecode is not after the previous fragment's last.
-    FragmentTimecodeLesserThanPrevious,
-    /// 4005: legacy multi-track rejection.
-    MoreThanOneTrackFound,
-    /// 4006: the MKV could not be parsed or holds what KVS does not accept.
-    InvalidMkvData,
-    /// 4007: bad producer timestamp.
-    InvalidProducerTimestamp,
-    /// 4008: the stream is not active.
-    StreamNotActive,
-    /// 4009: more than 10 metadata items, or one too long.
-    FragmentMetadataLimitReached,
-    /// 4010: a block's track number is not in Tracks.
-    TrackNumberMismatch,
-    /// 4011: a declared track has no frame in the fragment.
-    FramesMissingForTrack,
-    /// 4012: more tracks than allowed (3).
-    MoreThanAllowedTracksFound,
-    /// 4500–4506: KMS problems, 4507: stream deleted (by numeric id).
-    Kms(u16),
-    /// 5000: service internal error.
-    InternalError,
-    /// 5001: failed to persist.
-    ArchivalError,
-    /// Any other id, passed through (fault injection).
-    Other(u16),
-}
-
-impl AckErrorCode {
-    /// Every named code, for lookups.
-    const NAMED: [(u16, &'static str); 15] = [
-        (4000, "STREAM_READ_ERROR"),
-        (4001, "MAX_FRAGMENT_SIZE_REACHED"),
-        (4002, "MAX_FRAGMENT_DURATION_REACHED"),
-        (4003, "MAX_CONNECTION_DURATION_REACHED"),
-        (4004, "FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS"),
-        (4005, "MORE_THAN_ONE_TRACK_FOUND"),
-        (4006, "INVALID_MKV_DATA"),
-        (4007, "INVALID_PRODUCER_TIMESTAMP"),
-        (4008, "STREAM_NOT_ACTIVE"),
-        (4009, "FRAGMENT_METADATA_LIMIT_REACHED"),
-        (4010, "TRACK_NUMBER_MISMATCH"),
-        (4011, "FRAMES_MISSING_FOR_TRACK"),
-        (4012, "MORE_THAN_ALLOWED_TRACKS_FOUND"),
-        (5000, "INTERNAL_ERROR"),
-        (5001, "ARCHIVAL_ERROR"),
-    ];
-
-    /// The code for a numeric `ErrorId`.
-    pub fn from_id(id: u16) -> Self {
-        match id {
-            4000 => Self::StreamReadError,
-            4001 => Self::MaxFragmentSizeReached,
-            4002 => Self::MaxFragmentDurationReached,
-            4003 => Self::MaxConnectionDurationReached,
-            4004 => Self::FragmentTimecodeLesserThanPrevious,
-            4005 => Self::MoreThanOneTrackFound,
-            4006 => Self::InvalidMkvData,
-            4007 => Self::InvalidProducerTimestamp,
-            4008 => Self::StreamNotActive,
-            4009 => Self::FragmentMetadataLimitReached,
-            4010 => Self::TrackNumberMismatch,
-            4011 => Self::FramesMissingForTrack,
-            4012 => Self::MoreThanAllowedTracksFound,
-            4500..=4507 => Self::Kms(id),
-            5000 => Self::InternalError,
-            5001 => Self::ArchivalError,
-            other => Self::Other(other),
-        }
-    }
-
-    /// The numeric `ErrorId`.
-    pub fn id(self) -> u16 {
-        match self {
-            Self::StreamReadError => 4000,
-            Self::MaxFragmentSizeReached => 4001,
-            Self::MaxFragmentDurationReached => 4002,
-            Self::MaxConnectionDurationReached => 4003,
-            Self::FragmentTimecodeLesserThanPrevious => 4004,
-            Self::MoreThanOneTrackFound => 4005,
-            Self::InvalidMkvData => 4006,
-            Self::InvalidProducerTimestamp => 4007,
-            Self::StreamNotActive => 4008,
-            Self::FragmentMetadataLimitReached => 4009,
-            Self::TrackNumberMismatch => 4010,
-            Self::FramesMissingForTrack => 4011,
-            Self::MoreThanAllowedTracksFound => 4012,
-            Self::Kms(id) | Self::Other(id) => id,
-            Self::InternalError => 5000,
-            Self::ArchivalError => 5001,
-        }
-    }
-
-    /// The `ErrorCode` name.
-    pub fn name(self) -> &'static str {
-        let id = self.id();
-        if let Some((_, name)) = Self::NAMED.iter().find(|(n, _)| *n == id) {
-            return name;
-        }
-        match id {
-            4500 => "KMS_KEY_ACCESS_DENIED",
-            4501 => "KMS_KEY_DISABLED",
-            4502 => "KMS_KEY_VALIDATION_ERROR",
-            4503 => "KMS_KEY_UNAVAILABLE",
-            4504 => "KMS_KEY_INVALID_USAGE",
-            4505 => "KMS_KEY_INVALID_STATE",
-            4506 => "KMS_KEY_NOT_FOUND",
-            4507 => "STREAM_DELETED",
-            _ => "UNKNOWN_ERROR",
-        }
-    }
-}
+/// The service's ACK error codes: the uploader's table, so both ends speak the same codes.
+pub use crate::upload::ack::AckErrorCode;
 
 /// One acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,7 +61,7 @@ struct AckWire<'a> {
     #[serde(rename = "FragmentNumber", skip_serializing_if = "Option::is_none")]
     fragment_number: Option<&'a str>,
     #[serde(rename = "ErrorId", skip_serializing_if = "Option::is_none")]
-    error_id: Option<u16>,
+    error_id: Option<u32>,
     #[serde(rename = "ErrorCode", skip_serializing_if = "Option::is_none")]
     error_code: Option<&'static str>,
 }
@@ -267,6 +146,5 @@ mod tests {
             "MORE_THAN_ALLOWED_TRACKS_FOUND"
         );
         assert_eq!(AckErrorCode::from_id(4507).name(), "STREAM_DELETED");
-        assert_eq!(AckErrorCode::from_id(4242).name(), "UNKNOWN_ERROR");
     }
 }

@@ -1803,7 +1803,7 @@ mod tests {
             .collect()
     }
 
-    fn error_code(events: &[CheckEvent]) -> Option<u16> {
+    fn error_code(events: &[CheckEvent]) -> Option<u32> {
         events.iter().find_map(|e| match e {
             CheckEvent::Error(e) => Some(e.code.id()),
             _ => None,

@@ -535,7 +535,7 @@ impl Session {
                     );
                 } else if let Some(code) = faults.error_ack() {
                     self.fail(
-                        AckErrorCode::from_id(code),
+                        AckErrorCode::from_id(u32::from(code)),
                         Some(index),
                         "injected".to_owned(),
                         out,

@@ -39,7 +39,7 @@ pub enum TimecodeType {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordError {
     /// `ErrorId`.
-    pub id: u16,
+    pub id: u32,
     /// `ErrorCode`.
     pub code: String,
     /// What the endpoint found (or "injected").
