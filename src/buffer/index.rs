@@ -1379,6 +1379,52 @@ mod tests {
     }
 
     #[test]
+    fn after_a_burst_evicts_past_the_hard_limit_every_remaining_fragment_is_read_and_acked() {
+        let mut st = disk_state(1 << 20, 1 << 30);
+        let session = st.new_session(Bytes::from_static(b"hdr"), 0);
+        for _ in 0..20 {
+            add(&mut st, &session, 1 << 20);
+        }
+        let evicted = st.stats().fragments_evicted;
+        assert!(evicted > 0);
+        let remaining = ids(&st);
+        let segment: SegmentId = 1;
+        let mut segment_len = 0u64;
+        let mut got = Vec::new();
+        let mut partly: Option<FragmentId> = None;
+        for _ in 0..10_000 {
+            let work = write_all(&mut st, segment, &mut segment_len);
+            if !work.loads.is_empty() {
+                st.apply_disk_outcome(DiskOutcome {
+                    loads: work
+                        .loads
+                        .iter()
+                        .map(|l| (l.id, Ok(Bytes::from(vec![l.id.0 as u8; 1 << 20]))))
+                        .collect(),
+                    active: Some(segment),
+                    ..DiskOutcome::default()
+                });
+            }
+            match st.next_chunk().0 {
+                ReadResult::FragmentStart(meta) => partly = Some(meta.id),
+                ReadResult::FragmentEnd(id) => {
+                    assert_eq!(partly.take(), Some(id));
+                    got.push(id.0);
+                    assert_eq!(
+                        st.ack(session.id, id.0 * 2000, AckKind::Persisted),
+                        Some(id)
+                    );
+                }
+                _ => {}
+            }
+            if got.len() == remaining.len() {
+                break;
+            }
+        }
+        assert_eq!(got, remaining, "{evicted} evicted");
+    }
+
+    #[test]
     fn without_a_disk_tier_memory_pressure_evicts_oldest_first() {
         let mut st = State::new(250, None);
         let session = st.new_session(Bytes::from_static(b"hdr"), 0);
