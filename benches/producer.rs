@@ -38,6 +38,10 @@ use kinesis_edge::upload::putmedia::{
 use kinesis_edge::upload::session::SessionConfig;
 use tokio::sync::watch;
 
+#[path = "support/synthetic_h264.rs"]
+mod synthetic_h264;
+use synthetic_h264::{PPS, SPS_1080P, slice_nal};
+
 const FPS: u64 = 30;
 const GOP: u64 = 60;
 const FRAME_NS: u64 = 1_000_000_000 / FPS;
@@ -48,34 +52,10 @@ const KEY: &str = "AKIDBENCHPRODUCER";
 const SECRET: &str = "bench-secret";
 const MIB: u64 = 1024 * 1024;
 
-const SPS_1080P: [u8; 30] = [
-    0x67, 0x64, 0x00, 0x28, 0xAC, 0xD9, 0x40, 0x78, 0x02, 0x27, 0xE5, 0xC0, 0x5A, 0x80, 0x80, 0x80,
-    0xA0, 0x00, 0x00, 0x03, 0x00, 0x20, 0x00, 0x00, 0x07, 0x91, 0xE3, 0x06, 0x32, 0xC0,
-];
-const PPS: [u8; 5] = [0x68, 0xEB, 0xEC, 0xB2, 0x2C];
 /// AudioSpecificConfig: AAC-LC, 48 kHz, mono.
 const ASC: [u8; 2] = [0x11, 0x88];
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error>>;
-
-fn slice_nal(header: u8, len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len);
-    out.push(header);
-    let mut prev = header;
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let mut byte = state as u8;
-        if prev == 0 && byte == 0 {
-            byte = 0x5A;
-        }
-        out.push(byte);
-        prev = byte;
-    }
-    out
-}
 
 /// One GOP of length-prefixed access units, as a parser after `h264parse` hands them over.
 fn gop() -> Vec<Bytes> {
@@ -105,21 +85,13 @@ fn gop() -> Vec<Bytes> {
         .collect()
 }
 
-fn avcc() -> Vec<u8> {
-    let mut out = vec![1, SPS_1080P[1], SPS_1080P[2], SPS_1080P[3], 0xFF, 0xE1];
-    out.extend_from_slice(&(SPS_1080P.len() as u16).to_be_bytes());
-    out.extend_from_slice(&SPS_1080P);
-    out.push(1);
-    out.extend_from_slice(&(PPS.len() as u16).to_be_bytes());
-    out.extend_from_slice(&PPS);
-    out
-}
-
 fn muxer() -> BenchResult<FragmentMuxer> {
     let mut video = TrackSpec::video(Codec::H264, NalFormat::LengthPrefixed);
     video.width = 1920;
     video.height = 1080;
-    video.codec_private = Some(Bytes::from(avcc()));
+    video.codec_private = Some(Bytes::from(
+        kinesis_edge::media::h264::AvcDecoderConfig::from_parameter_sets(&SPS_1080P, &PPS)?,
+    ));
     let mut audio = TrackSpec::aac(48_000, 1);
     audio.codec_private = Some(Bytes::from_static(&ASC));
     let tags = FragmentTags::new();

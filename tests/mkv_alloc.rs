@@ -11,6 +11,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::io;
 
+#[path = "../benches/support/synthetic_h264.rs"]
+mod synthetic_h264;
+use synthetic_h264::{PPS, SPS_1080P, slice_nal};
+
 struct CountingAllocator;
 
 thread_local! {
@@ -40,32 +44,6 @@ static GLOBAL: CountingAllocator = CountingAllocator;
 
 fn allocations() -> u64 {
     ALLOCATIONS.with(Cell::get)
-}
-
-const SPS_1080P: [u8; 30] = [
-    0x67, 0x64, 0x00, 0x28, 0xAC, 0xD9, 0x40, 0x78, 0x02, 0x27, 0xE5, 0xC0, 0x5A, 0x80, 0x80, 0x80,
-    0xA0, 0x00, 0x00, 0x03, 0x00, 0x20, 0x00, 0x00, 0x07, 0x91, 0xE3, 0x06, 0x32, 0xC0,
-];
-const PPS: [u8; 5] = [0x68, 0xEB, 0xEC, 0xB2, 0x2C];
-
-/// Slice-like bytes without any `00 00` pair, so no start code is emulated.
-fn slice_nal(header: u8, len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    let mut out = Vec::with_capacity(len);
-    out.push(header);
-    let mut prev = header;
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        let mut b = state as u8;
-        if prev == 0 && b == 0 {
-            b = 0x5A;
-        }
-        out.push(b);
-        prev = b;
-    }
-    out
 }
 
 fn access_unit(format: NalFormat, key: bool, seed: u64) -> Bytes {
