@@ -266,6 +266,7 @@ impl Rig {
                 session: SessionConfig::new("bench"),
                 timecode_type: TimecodeType::Absolute,
                 pacing,
+                send_delay: Duration::ZERO,
             },
             reader,
             Box::new(SplitMix64::new(1)),

@@ -77,7 +77,7 @@ async fn reqwest_reads_the_response_while_the_request_body_streams() {
         .http1_only()
         .build()
         .expect("client");
-    let (body, request_body) = body_channel(4);
+    let (body, request_body) = body_channel(4, None);
     body.send(Bytes::from_static(b"FIRST"))
         .expect("first chunk");
     let response = tokio::time::timeout(
@@ -187,7 +187,7 @@ async fn the_put_media_task_reports_acks_while_its_body_streams() {
         Duration::from_secs(5),
     )
     .expect("access");
-    let (body, request_body) = body_channel(4);
+    let (body, request_body) = body_channel(4, None);
     let (events_tx, mut events) = tokio::sync::mpsc::channel(16);
     let target = PutMediaTarget {
         conn: ConnectionId(7),

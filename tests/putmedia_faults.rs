@@ -29,7 +29,8 @@ use kinesis_edge::mkv::{
 };
 use kinesis_edge::upload::backoff::SplitMix64;
 use kinesis_edge::upload::putmedia::{
-    KvsAccess, PacingLimits, PutMediaDriver, StreamSettings, TimecodeType, UploadSummary,
+    BodyObserver, KvsAccess, PacingLimits, PutMediaDriver, StreamSettings, TimecodeType,
+    UploadSummary,
 };
 use kinesis_edge::upload::session::SessionConfig;
 
@@ -96,10 +97,14 @@ where
         KEY_ID, SECRET, None, None,
     )));
     stream_signed_by(
-        seconds,
-        memory_bytes,
+        Source::RealTime { seconds },
+        Budgets {
+            memory_bytes,
+            disk_bytes: 64 << 20,
+            fsync: false,
+        },
         initial,
-        tune,
+        |uploader| tune(&mut uploader.settings.session),
         faults,
         provider,
         DEFAULT_REFRESH_BEFORE,
@@ -110,10 +115,10 @@ where
 /// [`stream`] with the uploader's credentials from `provider`, cached `refresh_before` ahead
 /// of their expiry.
 async fn stream_signed_by<F, Fut>(
-    seconds: u64,
-    memory_bytes: u64,
+    source: Source,
+    budgets: Budgets,
     initial: FaultRequest,
-    tune: impl FnOnce(&mut SessionConfig),
+    tune: impl FnOnce(&mut Uploader),
     faults: F,
     provider: Arc<dyn ProvideCredentials>,
     refresh_before: Duration,
@@ -139,11 +144,6 @@ where
     config.faults = initial;
     let endpoint = Arc::new(LocalEndpoint::start(config).await.expect("endpoint"));
 
-    let budgets = Budgets {
-        memory_bytes,
-        disk_bytes: 64 << 20,
-        fsync: false,
-    };
     let (writer, reader, _) =
         FragmentLog::open(dir.path().join("buffer"), budgets, STREAM).expect("log");
     let buffer_stats = writer.stats_handle();
@@ -155,25 +155,38 @@ where
         Duration::from_secs(5),
     )
     .expect("access");
-    let mut session = SessionConfig::new(STREAM);
-    tune(&mut session);
-    let driver = PutMediaDriver::new(
-        Arc::new(access),
-        StreamSettings {
-            session,
+    let mut uploader = Uploader {
+        settings: StreamSettings {
+            session: SessionConfig::new(STREAM),
             timecode_type: TimecodeType::Absolute,
             pacing: PacingLimits::default(),
+            send_delay: Duration::ZERO,
         },
+        observer: None,
+    };
+    tune(&mut uploader);
+    let mut driver = PutMediaDriver::new(
+        Arc::new(access),
+        uploader.settings,
         reader,
         Box::new(SplitMix64::new(7)),
     )
     .expect("driver");
+    if let Some(observer) = uploader.observer {
+        driver.observe_body(observer);
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
     let uploader = tokio::spawn(driver.run(stop_rx));
 
     let closed = Arc::new(Mutex::new(BTreeMap::new()));
     let sink_closed = Arc::clone(&closed);
-    let producer = std::thread::spawn(move || produce(writer, sink_closed, seconds));
+    let producer = std::thread::spawn(move || match source {
+        Source::RealTime { seconds } => produce(writer, sink_closed, seconds),
+        Source::Burst {
+            fragments,
+            frame_bytes,
+        } => produce_burst(writer, sink_closed, fragments, frame_bytes),
+    });
     let fault_task = tokio::spawn(faults(Arc::clone(&endpoint)));
 
     tokio::task::spawn_blocking(move || producer.join())
@@ -197,6 +210,22 @@ where
     }
 }
 
+/// How the uploader of a run is set up.
+struct Uploader {
+    settings: StreamSettings,
+    observer: Option<BodyObserver>,
+}
+
+/// What the producer thread writes into the log.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// Real-time H.264 at 20 fps ([`produce`]).
+    RealTime { seconds: u64 },
+    /// `fragments` fragments of 10 frames of `frame_bytes` each, written as fast as the muxer
+    /// goes, timestamped as the last `fragments / 2` seconds (a backlog arriving at once).
+    Burst { fragments: u64, frame_bytes: usize },
+}
+
 /// Real-time H.264 at 20 fps, a key frame every 10 frames (500 ms fragments).
 fn produce(writer: FragmentWriter, closed: Arc<Mutex<BTreeMap<u64, u32>>>, seconds: u64) {
     let mut config = MuxerConfig::new(vec![TrackSpec::video(Codec::H264, NalFormat::AnnexB)]);
@@ -215,6 +244,45 @@ fn produce(writer: FragmentWriter, closed: Arc<Mutex<BTreeMap<u64, u32>>>, secon
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
+        let pts = epoch_ns + i * step;
+        let frame = Frame {
+            track: 0,
+            pts_ns: pts,
+            dts_ns: pts,
+            duration_ns: step,
+            key: i % 10 == 0,
+            data: payload.clone(),
+        };
+        muxer.push(frame, &mut sink).expect("push");
+    }
+    muxer.finish(&mut sink).expect("finish");
+    sink.writer.sync().expect("sync");
+}
+
+/// [`Source::Burst`]: the key frame padded with a filler-data NAL unit to `frame_bytes`.
+fn produce_burst(
+    writer: FragmentWriter,
+    closed: Arc<Mutex<BTreeMap<u64, u32>>>,
+    fragments: u64,
+    frame_bytes: usize,
+) {
+    let mut config = MuxerConfig::new(vec![TrackSpec::video(Codec::H264, NalFormat::AnnexB)]);
+    config.fragment_duration = Duration::from_millis(500);
+    let mut muxer = FragmentMuxer::new(config, FragmentTags::new()).expect("muxer");
+    let mut sink = Tee { writer, closed };
+    let mut padded = KEY_FRAME.to_vec();
+    padded.extend_from_slice(&[0, 0, 0, 1, 0x0c]);
+    padded.resize(frame_bytes.max(padded.len() + 1) - 1, 0xff);
+    padded.push(0x80);
+    let payload = Bytes::from(padded);
+    let step = 1_000_000_000 / FPS;
+    let frames = fragments * 10;
+    let epoch_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos() as u64
+        - frames * step;
+    for i in 0..frames {
         let pts = epoch_ns + i * step;
         let frame = Frame {
             track: 0,
@@ -589,6 +657,135 @@ async fn an_outage_longer_than_the_memory_tier_is_carried_by_the_disk_tier() {
     assert_eq!(run.buffer.fragments_evicted, 0, "{:?}", run.buffer);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_past_both_budgets_evicts_the_oldest_and_uploads_the_rest_once() {
+    // 40 fragments of 1 MB at once into 1 MiB of memory and 8 MiB of disk: most must be
+    // evicted (oldest first, counted); the uploader must step over the holes and send every
+    // fragment that is left exactly once.
+    let fragments = 40;
+    let run = stream_signed_by(
+        Source::Burst {
+            fragments,
+            frame_bytes: 100_000,
+        },
+        Budgets {
+            memory_bytes: 1 << 20,
+            disk_bytes: 8 << 20,
+            fsync: true,
+        },
+        FaultRequest::default(),
+        |_| {},
+        |_| async {},
+        Arc::new(StaticProvider::new(Credentials::new(
+            KEY_ID, SECRET, None, None,
+        ))),
+        DEFAULT_REFRESH_BEFORE,
+    )
+    .await;
+    let records = run.endpoint.kvs().fragments(STREAM);
+    let mut persisted: BTreeMap<u64, u32> = BTreeMap::new();
+    for record in records
+        .iter()
+        .filter(|r| r.acknowledged(AckEventType::Persisted))
+    {
+        *persisted.entry(record.timecode).or_default() += 1;
+    }
+    let duplicates = persisted.values().filter(|n| **n > 1).count();
+    let frames_sent: u64 = run.closed.values().map(|n| u64::from(*n)).sum();
+    let frames_stored: u64 = records
+        .iter()
+        .filter(|r| r.acknowledged(AckEventType::Persisted))
+        .map(FragmentRecord::total_frames)
+        .sum();
+    let evicted = run.buffer.fragments_evicted;
+    println!(
+        "burst past the budgets: fragments closed {}, frames sent {frames_sent}, frames stored \
+         {frames_stored}, duplicates {duplicates}, evictions {evicted} ({} of them stored \
+         before their ACK came), acked {}, left {}",
+        run.closed.len(),
+        run.summary
+            .fragments_acked
+            .saturating_sub(run.buffer.fragments_acked),
+        run.summary.fragments_acked,
+        run.summary.fragments_left,
+    );
+    assert_eq!(run.closed.len() as u64, fragments, "{:?}", run.closed);
+    assert!(
+        evicted > 0,
+        "9 MiB of budgets cannot hold 40 MB: {:?}",
+        run.buffer
+    );
+    assert_eq!(duplicates, 0, "{persisted:?}");
+    assert!(
+        persisted.keys().all(|t| run.closed.contains_key(t)),
+        "only fragments the muxer closed are stored"
+    );
+    // A fragment sent whole may be evicted while its ACK is on the way (it is the oldest); the
+    // service still stores it and its ACK finds nothing to release in the log.
+    let stored_after_eviction = run
+        .summary
+        .fragments_acked
+        .checked_sub(run.buffer.fragments_acked)
+        .expect("the log applied more ACKs than the uploader received");
+    assert!(stored_after_eviction <= evicted);
+    assert_eq!(
+        persisted.len() as u64 + evicted - stored_after_eviction,
+        fragments,
+        "every fragment is stored once or counted as evicted: {:?} {:?}",
+        run.buffer,
+        run.summary
+    );
+    assert_eq!(run.summary.fragments_left, 0, "{:?}", run.summary);
+    assert_eq!(run.buffer.fragments_lost, 0, "{:?}", run.buffer);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_delay_batches_the_live_edge_without_losing_a_frame() {
+    // 20 fps with a 300 ms send delay: the uploader takes the frames in batches (one wake-up
+    // per delay) instead of one by one, and everything still arrives once.
+    let taken_at = Arc::new(Mutex::new(Vec::<Instant>::new()));
+    let log = Arc::clone(&taken_at);
+    let run = stream_signed_by(
+        Source::RealTime { seconds: 4 },
+        Budgets {
+            memory_bytes: MEMORY,
+            disk_bytes: 64 << 20,
+            fsync: false,
+        },
+        FaultRequest::default(),
+        move |uploader| {
+            uploader.settings.send_delay = Duration::from_millis(300);
+            uploader.observer = Some(BodyObserver::new(move |_chunk: &Bytes| {
+                if let Ok(mut log) = log.lock() {
+                    log.push(Instant::now());
+                }
+            }));
+        },
+        |_| async {},
+        Arc::new(StaticProvider::new(Credentials::new(
+            KEY_ID, SECRET, None, None,
+        ))),
+        DEFAULT_REFRESH_BEFORE,
+    )
+    .await;
+    let outcome = check(&run, "send delay", &[]);
+    let frames: u64 = run.closed.values().map(|n| u64::from(*n)).sum();
+    assert_eq!(outcome.frames_stored, frames, "every frame once");
+    assert!(outcome.duplicates.is_empty(), "{:?}", outcome.duplicates);
+    // Chunks taken less than 20 ms apart belong to one wake-up; frames are 50 ms apart, so
+    // unbatched every frame would be its own.
+    let taken_at = taken_at.lock().map(|t| t.clone()).unwrap_or_default();
+    let wakeups = 1 + taken_at
+        .windows(2)
+        .filter(|w| w[1].saturating_duration_since(w[0]) >= Duration::from_millis(20))
+        .count() as u64;
+    println!("send delay: {frames} frames taken in {wakeups} batches");
+    assert!(
+        wakeups * 2 < frames,
+        "{frames} frames were taken in {wakeups} batches: not batched"
+    );
+}
+
 const KEY_ID_2: &str = "AKIDFAULTS2";
 const SECRET_2: &str = "faults-secret-2";
 
@@ -633,10 +830,15 @@ async fn credentials_that_expire_mid_stream_are_refreshed_without_loss() {
     });
     let issuer = Arc::clone(&rotated);
     let run = stream_signed_by(
-        6,
-        MEMORY,
+        Source::RealTime { seconds: 6 },
+        Budgets {
+            memory_bytes: MEMORY,
+            disk_bytes: 64 << 20,
+            fsync: false,
+        },
         FaultRequest::default(),
-        |session| {
+        |uploader| {
+            let session = &mut uploader.settings.session;
             session.credential_refresh_lead = Duration::from_secs(2);
             session.credential_rotation_margin = Duration::from_millis(500);
             // New connections keep coming, so some must be signed after key 1 is revoked.

@@ -8,6 +8,9 @@ use super::schema::Encoder;
 pub const FRAGMENT_DURATION_MIN_MS: u32 = 1000;
 /// Longest fragment PutMedia accepts, ms.
 pub const FRAGMENT_DURATION_MAX_MS: u32 = 20_000;
+/// Longest `fragment.send_delay_ms`: a frame held longer would hold back its fragment's ACK
+/// and the live edge for no further saving (a wake-up per second costs nothing measurable).
+pub const SEND_DELAY_MAX_MS: u32 = 1000;
 /// Persistent fragment tags per camera: the service takes at most 10 tags per fragment
 /// (ACK error 4009 beyond), and every persistent tag is written on every fragment.
 pub const MAX_FRAGMENT_TAGS: usize = 10;

@@ -552,6 +552,10 @@ pub struct FragmentConfig {
     pub duration_ms: u32,
     /// `absolute` or `relative`.
     pub timecodes: Timecodes,
+    /// Longest a muxed frame waits before the uploader sends it, ms, 0–1000. 0 sends each frame
+    /// as soon as it is muxed (lowest latency, one wake-up per frame); more sends frames in
+    /// batches with one wake-up per interval, for less CPU.
+    pub send_delay_ms: u32,
 }
 
 impl Default for FragmentConfig {
@@ -559,6 +563,7 @@ impl Default for FragmentConfig {
         Self {
             duration_ms: DEFAULT_FRAGMENT_DURATION_MS,
             timecodes: Timecodes::Absolute,
+            send_delay_ms: 0,
         }
     }
 }

@@ -497,6 +497,13 @@ impl Checker<'_> {
             limits::FRAGMENT_DURATION_MAX_MS.into(),
             "ms",
         );
+        self.range(
+            &path.key("fragment").key("send_delay_ms"),
+            camera.fragment.send_delay_ms.into(),
+            0,
+            limits::SEND_DELAY_MAX_MS.into(),
+            "ms",
+        );
         self.metadata(camera, &path.key("metadata"));
         self.camera_buffer(camera, path, global_buffer);
     }

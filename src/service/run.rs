@@ -342,6 +342,7 @@ fn start_camera(
             config::Timecodes::Relative => TimecodeType::Relative,
         },
         pacing: PacingLimits::default(),
+        send_delay: Duration::from_millis(camera.fragment.send_delay_ms.into()),
     };
     let driver = PutMediaDriver::new(
         Arc::clone(access),

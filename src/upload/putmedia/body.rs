@@ -12,11 +12,31 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_core::Stream;
 use tokio::sync::{mpsc, oneshot};
+
+/// Sees every chunk at the moment hyper takes it from the body, in the connection task's poll
+/// that writes it to the socket (for measuring the latency from a frame muxed to its bytes
+/// written). It runs on that task: it must be quick and must not block.
+#[derive(Clone)]
+pub struct BodyObserver(Arc<dyn Fn(&Bytes) + Send + Sync>);
+
+impl BodyObserver {
+    /// An observer calling `observe` with each chunk taken.
+    pub fn new(observe: impl Fn(&Bytes) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(observe))
+    }
+}
+
+impl std::fmt::Debug for BodyObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BodyObserver")
+    }
+}
 
 /// The writing end of a streamed request body.
 #[derive(Debug)]
@@ -82,6 +102,7 @@ struct BodyStream {
     chunks: mpsc::Receiver<Bytes>,
     /// `None` once the sender was dropped without aborting (a clean finish).
     abort: Option<oneshot::Receiver<()>>,
+    observer: Option<BodyObserver>,
 }
 
 impl Stream for BodyStream {
@@ -102,17 +123,26 @@ impl Stream for BodyStream {
                 Poll::Pending => {}
             }
         }
-        self.chunks.poll_recv(cx).map(|chunk| chunk.map(Ok))
+        let polled = self.chunks.poll_recv(cx);
+        if let (Poll::Ready(Some(chunk)), Some(observer)) = (&polled, &self.observer) {
+            (observer.0)(chunk);
+        }
+        polled.map(|chunk| chunk.map(Ok))
     }
 }
 
-/// A body channel holding at most `capacity` chunks (at least 1).
-pub fn body_channel(capacity: usize) -> (BodySender, reqwest::Body) {
+/// A body channel holding at most `capacity` chunks (at least 1); `observer` sees each chunk
+/// as hyper takes it.
+pub fn body_channel(
+    capacity: usize,
+    observer: Option<BodyObserver>,
+) -> (BodySender, reqwest::Body) {
     let (chunk_tx, chunk_rx) = mpsc::channel(capacity.max(1));
     let (abort_tx, abort_rx) = oneshot::channel();
     let stream = BodyStream {
         chunks: chunk_rx,
         abort: Some(abort_rx),
+        observer,
     };
     (
         BodySender {
@@ -142,6 +172,7 @@ mod tests {
             BodyStream {
                 chunks: chunk_rx,
                 abort: Some(abort_rx),
+                observer: None,
             },
         )
     }
@@ -177,6 +208,30 @@ mod tests {
         assert!(
             matches!(&item, Some(Err(e)) if e.kind() == io::ErrorKind::ConnectionAborted),
             "{item:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_observer_sees_each_chunk_as_it_is_taken() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        let (tx, mut rx) = stream_pair(4);
+        rx.observer = Some(BodyObserver::new(move |chunk: &Bytes| {
+            if let Ok(mut log) = log.lock() {
+                log.push(chunk.clone());
+            }
+        }));
+        assert!(tx.send(Bytes::from_static(b"one")).is_ok());
+        assert!(tx.send(Bytes::from_static(b"two")).is_ok());
+        let seen_len = || seen.lock().map(|s| s.len()).unwrap_or(usize::MAX);
+        assert_eq!(seen_len(), 0, "nothing is seen before hyper takes it");
+        assert!(next(&mut rx).await.is_some());
+        assert_eq!(seen_len(), 1);
+        assert!(next(&mut rx).await.is_some());
+        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        assert_eq!(
+            seen,
+            [Bytes::from_static(b"one"), Bytes::from_static(b"two")]
         );
     }
 

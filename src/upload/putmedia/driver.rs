@@ -21,13 +21,13 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::body::{BodySender, SendError, body_channel};
+use super::body::{BodyObserver, BodySender, SendError, body_channel};
 use super::http::{KvsAccess, PutMediaTarget, TimecodeType};
 use super::pacer::{Pacer, PacingLimits};
 use crate::buffer::{
@@ -56,6 +56,10 @@ pub struct StreamSettings {
     pub timecode_type: TimecodeType,
     /// Body pacing.
     pub pacing: PacingLimits,
+    /// Longest a muxed frame waits before the uploader takes it: zero sends every frame the
+    /// moment it is muxed (one wake-up per frame); more sends what accumulated in batches, one
+    /// wake-up per `send_delay`, for less CPU at the cost of that much latency.
+    pub send_delay: Duration,
 }
 
 /// Live counters of one uploader (cheap to read from another task).
@@ -254,6 +258,10 @@ struct PullPlan {
     held: bool,
     /// Only wait for room (to send the end-of-fragment tag).
     room_only: bool,
+    /// Batched sending: report catching up with the log instead of waiting for its next byte.
+    report_caught_up: bool,
+    /// Batched sending: take nothing from the log before this time.
+    batch_until: Option<Instant>,
 }
 
 enum Pulled {
@@ -261,6 +269,8 @@ enum Pulled {
     Held,
     Room,
     BodyGone,
+    /// Everything the muxer wrote so far is taken (batched sending only).
+    CaughtUp,
 }
 
 /// The uploader of one stream. See the module documentation.
@@ -277,6 +287,12 @@ pub struct PutMediaDriver {
     /// An item taken from the log that waits for the pacer.
     held: Option<ReadResult>,
     pace_until: Option<Instant>,
+    /// [`StreamSettings::send_delay`].
+    send_delay: Duration,
+    /// Batched sending: the log was caught up with; the next batch is taken at this time.
+    batch_until: Option<Instant>,
+    /// Sees every body chunk as hyper takes it ([`Self::observe_body`]).
+    observer: Option<BodyObserver>,
     /// The log said `Finished` (writer gone, all handed out) since the last rewind.
     reader_finished: bool,
     /// Data was seen while no connection was open (`DataAvailable` sent).
@@ -335,6 +351,9 @@ impl PutMediaDriver {
             pacer: Pacer::new(settings.pacing),
             held: None,
             pace_until: None,
+            send_delay: settings.send_delay,
+            batch_until: None,
+            observer: None,
             reader_finished: false,
             lookahead: false,
             last_carried: None,
@@ -350,6 +369,12 @@ impl PutMediaDriver {
     /// Live counters (for metrics and telemetry).
     pub fn counters(&self) -> Arc<UploadCounters> {
         Arc::clone(&self.counters)
+    }
+
+    /// Calls `observer` with every body chunk of every later connection as hyper takes it to
+    /// write (the benchmarks measure frame-to-socket latency with it).
+    pub fn observe_body(&mut self, observer: BodyObserver) {
+        self.observer = Some(observer);
     }
 
     /// Runs until the session stops (after a stop request) or the stop deadline passes.
@@ -461,6 +486,8 @@ impl PutMediaDriver {
             pace_until: None,
             held: false,
             room_only: false,
+            report_caught_up: false,
+            batch_until: None,
         };
         let Some(conn) = &self.conn else {
             // No connection: watch the log to wake an idle session, and while stopping to
@@ -483,6 +510,8 @@ impl PutMediaDriver {
                         pace_until: None,
                         held: false,
                         room_only: true,
+                        report_caught_up: false,
+                        batch_until: None,
                     });
                 }
                 let blocked = conn.body_gone
@@ -490,11 +519,14 @@ impl PutMediaDriver {
                     || conn.switch_pending
                     || (conn.finishing && conn.in_fragment.is_none())
                     || (self.reader_finished && self.held.is_none());
+                let batching = !self.send_delay.is_zero();
                 (!blocked).then_some(PullPlan {
                     wait_for_room: true,
                     pace_until: self.pace_until,
                     held: self.held.is_some(),
                     room_only: false,
+                    report_caught_up: batching && self.batch_until.is_none(),
+                    batch_until: self.batch_until,
                 })
             }
         }
@@ -503,7 +535,14 @@ impl PutMediaDriver {
     fn on_pulled(&mut self, pulled: Pulled) {
         let now = Instant::now();
         match pulled {
-            Pulled::Item(item) => self.process(item, now),
+            Pulled::Item(item) => {
+                if self.batch_until.is_some_and(|at| at <= now) {
+                    // This batch is being taken; the next catch-up starts the next wait.
+                    self.batch_until = None;
+                }
+                self.process(item, now);
+            }
+            Pulled::CaughtUp => self.batch_until = Some(now + self.send_delay),
             Pulled::Held => {
                 self.pace_until = None;
                 if let Some(item) = self.held.take() {
@@ -554,7 +593,7 @@ impl PutMediaDriver {
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        let (body, request_body) = body_channel(BODY_CHANNEL_CHUNKS);
+        let (body, request_body) = body_channel(BODY_CHANNEL_CHUNKS, self.observer.clone());
         let header = stream_session.header().clone();
         let header_len = header.len() as u64;
         if let Err(error) = body.send(header) {
@@ -877,6 +916,7 @@ impl PutMediaDriver {
                 self.lookahead = false;
                 self.held = None;
                 self.pace_until = None;
+                self.batch_until = None;
                 self.pacer.reset();
                 self.conn = Some(Conn::new(conn, endpoint, hint_timecode_ms));
             }
@@ -1210,10 +1250,19 @@ async fn pull(
         tokio::time::sleep_until(at.into()).await;
     }
     if plan.held {
-        Pulled::Held
-    } else {
-        Pulled::Item(reader.next().await)
+        return Pulled::Held;
     }
+    if let Some(at) = plan.batch_until {
+        tokio::time::sleep_until(at.into()).await;
+    } else if plan.report_caught_up {
+        // Batched sending: the first time the log has nothing more, start the batch wait
+        // instead of waking at the muxer's next frame.
+        return match reader.next_chunk() {
+            ReadResult::Pending => Pulled::CaughtUp,
+            item => Pulled::Item(item),
+        };
+    }
+    Pulled::Item(reader.next().await)
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

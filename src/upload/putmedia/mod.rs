@@ -23,7 +23,7 @@ pub mod driver;
 pub mod http;
 pub mod pacer;
 
-pub use body::{BodyClosed, BodySender, SendError, body_channel};
+pub use body::{BodyClosed, BodyObserver, BodySender, SendError, body_channel};
 pub use driver::{PutMediaDriver, StopSignal, StreamSettings, UploadCounters, UploadSummary};
 pub use http::{ClientError, KvsAccess, PutMediaTarget, TimecodeType, producer_timestamp};
 pub use pacer::{Pacer, PacingLimits};
