@@ -629,20 +629,32 @@ async fn a_stall_without_acks_is_detected_and_the_connection_replaced() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_longer_than_the_memory_tier_is_carried_by_the_disk_tier() {
-    // 256 KiB of memory holds about one and a half fragments; the outage lasts six.
-    let run = stream(
-        6,
-        256 << 10,
+    // The endpoint refuses every connection for 30 s. 256 KiB of memory holds about one and a
+    // half fragments; the outage lasts sixty, so the disk tier must carry the backlog.
+    let run = stream_signed_by(
+        Source::RealTime { seconds: 40 },
+        Budgets {
+            memory_bytes: 256 << 10,
+            disk_bytes: 64 << 20,
+            fsync: false,
+        },
         FaultRequest::default(),
-        |_| {},
+        |uploader| {
+            // The backlog drain is not what this run measures: let it go at 20 fragments/s.
+            uploader.settings.pacing.max_fragments_per_s = 20;
+        },
         |endpoint| async move {
             tokio::time::sleep(Duration::from_millis(1000)).await;
             let outage = FaultRequest {
-                refuse_connections_s: Some(3.0),
+                refuse_connections_s: Some(30.0),
                 ..FaultRequest::default()
             };
             endpoint.kvs().inject(&outage).expect("inject outage");
         },
+        Arc::new(StaticProvider::new(Credentials::new(
+            KEY_ID, SECRET, None, None,
+        ))),
+        DEFAULT_REFRESH_BEFORE,
     )
     .await;
     let outcome = check(&run, "outage on disk", &[]);
