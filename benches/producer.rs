@@ -5,12 +5,11 @@
 //!
 //! `cargo bench --features local-endpoint --bench producer` runs two phases and prints:
 //! - `live`: BENCH_SECONDS (default 60) of real-time streaming; process CPU seconds per minute of
-//!   video (getrusage) and VmRSS / VmHWM over the idle baseline taken before the log and the
-//!   uploader exist (the pre-encoded input is already in memory, as a fakesink pipeline holds it);
-//!   the latency from a frame handed to the muxer to the uploader having taken all of its
-//!   fragment's bytes up to that frame is not observable without instrumentation, so it is
-//!   reported as the ACK-free bound: the time from a fragment closing in the log to the uploader
-//!   counting it sent (`fragments_sent`), sampled every millisecond.
+//!   video (getrusage) over the source alone (the same paced loop with frames dropped, the
+//!   counterpart of a fakesink pipeline), VmRSS / VmHWM over the idle baseline taken before the
+//!   log and the uploader exist, and per frame the latency from its payload reaching the log to
+//!   hyper taking it from the PutMedia body to write (a `BodyObserver`). SEND_DELAY_MS sets
+//!   `StreamSettings::send_delay`, WORKERS the tokio worker threads (default 2, as the daemon).
 //! - `drain`: BACKLOG_SECONDS (default 300) of fragments written into the log faster than real
 //!   time while no uploader runs (a 5-minute outage), then the uploader starts; reports
 //!   fragments/s, MB/s and the time until every fragment is acknowledged.
