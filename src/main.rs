@@ -173,7 +173,7 @@ fn run(command: Command, log: Option<String>) -> anyhow::Result<ExitCode> {
                 println!(
                     "camera {}: stream {}: frames_muxed={} fragments={} frames_dropped={} \
                      recovered_fragments={} fragments_sent={} fragments_acked={} \
-                     fragments_skipped={} fragments_left={} connections={}",
+                     fragments_skipped={} fragments_left={} fragments_evicted={} connections={}",
                     camera.camera,
                     camera.stream,
                     camera.capture.frames_muxed,
@@ -184,6 +184,7 @@ fn run(command: Command, log: Option<String>) -> anyhow::Result<ExitCode> {
                     camera.upload.fragments_acked,
                     camera.upload.fragments_skipped,
                     camera.upload.fragments_left,
+                    camera.fragments_evicted,
                     camera.upload.connections,
                 );
             }

@@ -244,13 +244,15 @@ async fn demo_arrives_complete(seconds: u64) {
     let ok = persisted(&records);
     let timecodes: BTreeSet<u64> = ok.iter().map(|r| r.timecode).collect();
     let stored_frames: u64 = ok.iter().map(|r| r.total_frames()).sum();
+    let evicted = summary_field(&stdout, "fragments_evicted");
     println!(
         "frames muxed {frames_muxed}, fragments {fragments}; stored {} fragments ({} records), \
-         {stored_frames} frames, {} duplicates",
+         {stored_frames} frames, {} duplicates, {evicted} evictions",
         timecodes.len(),
         records.len(),
         ok.len() - timecodes.len()
     );
+    assert_eq!(evicted, 0, "{stdout}");
     assert!(
         fragments * FRAGMENT_MS >= seconds * 1000 * 7 / 10,
         "{seconds} s at 1 s fragments: {stdout}"
@@ -391,13 +393,18 @@ async fn after_sigkill_a_restart_uploads_what_was_left_first_and_exactly_once() 
             "fragment {timecode} was sent again although its PERSISTED ACK was recorded"
         );
     }
+    let frames_stored: u64 = persisted(&records).iter().map(|r| r.total_frames()).sum();
     println!(
-        "first run persisted {}, left on disk {}, duplicates {}, total stored {}",
+        "first run persisted {}, left on disk {}; restart muxed {} frames; stored {} fragments, \
+         {frames_stored} frames; duplicates {}, evictions {}",
         first_run.len(),
         left.len(),
+        summary_field(&stdout, "frames_muxed"),
+        copies.len(),
         duplicates.len(),
-        copies.len()
+        summary_field(&stdout, "fragments_evicted"),
     );
+    assert_eq!(summary_field(&stdout, "fragments_evicted"), 0, "{stdout}");
     // The restart sent the recovered fragments before its own live ones.
     let second_run: Vec<&FragmentRecord> = records
         .iter()

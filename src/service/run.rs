@@ -112,6 +112,8 @@ pub struct CameraSummary {
     pub stream: String,
     /// Fragments found on disk at start (from an earlier run) and queued first.
     pub recovered_fragments: u64,
+    /// Fragments the buffer evicted because its budgets were full (lost, counted).
+    pub fragments_evicted: u64,
     /// Capture and muxer counters.
     pub capture: CaptureSummary,
     /// Upload counters.
@@ -293,6 +295,7 @@ impl Daemon {
                 camera: camera.status.camera.clone(),
                 stream: camera.status.stream.clone(),
                 recovered_fragments: camera.recovered,
+                fragments_evicted: camera.status.buffer.stats().fragments_evicted,
                 capture,
                 upload,
             });
