@@ -9,7 +9,7 @@
 //!   counterpart of a fakesink pipeline), VmRSS / VmHWM over the idle baseline taken before the
 //!   log and the uploader exist, and per frame the latency from its payload reaching the log to
 //!   hyper taking it from the PutMedia body to write (a `BodyObserver`). SEND_DELAY_MS sets
-//!   `StreamSettings::send_delay`, WORKERS the tokio worker threads (default 2, as the daemon).
+//!   `StreamSettings::send_delay`, WORKERS the tokio worker threads (default 1, as the daemon).
 //! - `drain`: BACKLOG_SECONDS (default 300) of fragments written into the log faster than real
 //!   time while no uploader runs (a 5-minute outage), then the uploader starts; reports
 //!   fragments/s, MB/s and the time until every fragment is acknowledged.
@@ -388,6 +388,14 @@ fn env_secs(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Sleeps until `offset_ns` after `start` (the frame's capture time in a real-time run).
+fn sleep_until_due(start: Instant, offset_ns: u64) {
+    let due = start + Duration::from_nanos(offset_ns);
+    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+        std::thread::sleep(wait);
+    }
+}
+
 /// CPU seconds per minute of the frame source alone: the same real-time loop with every frame
 /// dropped, the stand-in for a fakesink pipeline that the producer's own cost is measured over.
 fn source_only(seconds: u64) -> f64 {
@@ -400,11 +408,7 @@ fn source_only(seconds: u64) -> f64 {
         if offset >= end {
             break;
         }
-        let due = start + Duration::from_nanos(offset);
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
-        }
+        sleep_until_due(start, offset);
         drop(std::hint::black_box(frame));
     }
     (thread_cpu_seconds() - cpu_start) * 60.0 / seconds as f64
@@ -461,11 +465,7 @@ fn live(runtime: &tokio::runtime::Runtime, seconds: u64) -> BenchResult<()> {
         if offset >= end {
             break;
         }
-        let due = start + Duration::from_nanos(offset);
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
-        }
+        sleep_until_due(start, offset);
         muxer.push(frame, &mut writer)?;
         if mid_rss == 0 && offset >= end / 2 {
             mid_rss = rss_kib().0;
@@ -612,7 +612,7 @@ fn main() -> BenchResult<()> {
         .with_writer(std::io::stderr)
         .try_init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(env_secs("WORKERS", 2) as usize)
+        .worker_threads(env_secs("WORKERS", 1) as usize)
         .enable_all()
         .build()?;
     let phase = std::env::var("BENCH_PHASE").unwrap_or_default();

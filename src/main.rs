@@ -161,10 +161,12 @@ fn run(command: Command, log: Option<String>) -> anyhow::Result<ExitCode> {
                 log.as_deref().unwrap_or(&config.service.log_level),
                 config.service.log_format,
             );
-            // Two workers: the uploaders and HTTP are light; capture and muxing run on their
-            // own threads.
+            // One worker: capture, muxing and the buffers' disk I/O run on their own threads, so
+            // the runtime only moves bytes to sockets. A second worker mostly wakes to find
+            // nothing to steal: with one, the producer benchmark used about a quarter less CPU
+            // (BENCHMARKS.md). Multi-thread still, so `block_on` and the worker stay apart.
             let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
+                .worker_threads(1)
                 .thread_name("kinesis-edge")
                 .enable_all()
                 .build()?;

@@ -93,16 +93,10 @@ where
     F: FnOnce(Arc<LocalEndpoint>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let provider = Arc::new(StaticProvider::new(Credentials::new(
-        KEY_ID, SECRET, None, None,
-    )));
+    let provider = static_keys();
     stream_signed_by(
         Source::RealTime { seconds },
-        Budgets {
-            memory_bytes,
-            disk_bytes: 64 << 20,
-            fsync: false,
-        },
+        budgets(memory_bytes),
         initial,
         |uploader| tune(&mut uploader.settings.session),
         faults,
@@ -180,13 +174,7 @@ where
 
     let closed = Arc::new(Mutex::new(BTreeMap::new()));
     let sink_closed = Arc::clone(&closed);
-    let producer = std::thread::spawn(move || match source {
-        Source::RealTime { seconds } => produce(writer, sink_closed, seconds),
-        Source::Burst {
-            fragments,
-            frame_bytes,
-        } => produce_burst(writer, sink_closed, fragments, frame_bytes),
-    });
+    let producer = std::thread::spawn(move || produce(writer, sink_closed, source));
     let fault_task = tokio::spawn(faults(Arc::clone(&endpoint)));
 
     tokio::task::spawn_blocking(move || producer.join())
@@ -210,6 +198,22 @@ where
     }
 }
 
+/// The keys the endpoint accepts, never expiring.
+fn static_keys() -> Arc<dyn ProvideCredentials> {
+    Arc::new(StaticProvider::new(Credentials::new(
+        KEY_ID, SECRET, None, None,
+    )))
+}
+
+/// `memory_bytes` of memory, 64 MiB of disk, no fsync (the tests do not cut power).
+fn budgets(memory_bytes: u64) -> Budgets {
+    Budgets {
+        memory_bytes,
+        disk_bytes: 64 << 20,
+        fsync: false,
+    }
+}
+
 /// How the uploader of a run is set up.
 struct Uploader {
     settings: StreamSettings,
@@ -219,70 +223,51 @@ struct Uploader {
 /// What the producer thread writes into the log.
 #[derive(Debug, Clone, Copy)]
 enum Source {
-    /// Real-time H.264 at 20 fps ([`produce`]).
+    /// `seconds` of real-time H.264 at 20 fps.
     RealTime { seconds: u64 },
     /// `fragments` fragments of 10 frames of `frame_bytes` each, written as fast as the muxer
     /// goes, timestamped as the last `fragments / 2` seconds (a backlog arriving at once).
     Burst { fragments: u64, frame_bytes: usize },
 }
 
-/// Real-time H.264 at 20 fps, a key frame every 10 frames (500 ms fragments).
-fn produce(writer: FragmentWriter, closed: Arc<Mutex<BTreeMap<u64, u32>>>, seconds: u64) {
+/// H.264 at 20 fps, a key frame every 10 frames (500 ms fragments): in real time, or for
+/// [`Source::Burst`] as fast as the muxer goes with the key frame padded by a filler-data NAL
+/// unit to `frame_bytes`.
+fn produce(writer: FragmentWriter, closed: Arc<Mutex<BTreeMap<u64, u32>>>, source: Source) {
     let mut config = MuxerConfig::new(vec![TrackSpec::video(Codec::H264, NalFormat::AnnexB)]);
     config.fragment_duration = Duration::from_millis(500);
     let mut muxer = FragmentMuxer::new(config, FragmentTags::new()).expect("muxer");
     let mut sink = Tee { writer, closed };
-    let payload = Bytes::from_static(KEY_FRAME);
-    let start = Instant::now();
-    let epoch_ns = SystemTime::now()
+    let step = 1_000_000_000 / FPS;
+    let (frames, payload, real_time) = match source {
+        Source::RealTime { seconds } => (seconds * FPS, Bytes::from_static(KEY_FRAME), true),
+        Source::Burst {
+            fragments,
+            frame_bytes,
+        } => {
+            let mut padded = KEY_FRAME.to_vec();
+            padded.extend_from_slice(&[0, 0, 0, 1, 0x0c]);
+            padded.resize(frame_bytes.max(padded.len() + 1) - 1, 0xff);
+            padded.push(0x80);
+            (fragments * 10, Bytes::from(padded), false)
+        }
+    };
+    let now_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_nanos() as u64;
-    let step = 1_000_000_000 / FPS;
-    for i in 0..seconds * FPS {
+    // A burst is a backlog: timestamped as the last `frames` frame times.
+    let epoch_ns = if real_time {
+        now_ns
+    } else {
+        now_ns - frames * step
+    };
+    let start = Instant::now();
+    for i in 0..frames {
         let due = start + Duration::from_nanos(i * step);
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+        if real_time && let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        let pts = epoch_ns + i * step;
-        let frame = Frame {
-            track: 0,
-            pts_ns: pts,
-            dts_ns: pts,
-            duration_ns: step,
-            key: i % 10 == 0,
-            data: payload.clone(),
-        };
-        muxer.push(frame, &mut sink).expect("push");
-    }
-    muxer.finish(&mut sink).expect("finish");
-    sink.writer.sync().expect("sync");
-}
-
-/// [`Source::Burst`]: the key frame padded with a filler-data NAL unit to `frame_bytes`.
-fn produce_burst(
-    writer: FragmentWriter,
-    closed: Arc<Mutex<BTreeMap<u64, u32>>>,
-    fragments: u64,
-    frame_bytes: usize,
-) {
-    let mut config = MuxerConfig::new(vec![TrackSpec::video(Codec::H264, NalFormat::AnnexB)]);
-    config.fragment_duration = Duration::from_millis(500);
-    let mut muxer = FragmentMuxer::new(config, FragmentTags::new()).expect("muxer");
-    let mut sink = Tee { writer, closed };
-    let mut padded = KEY_FRAME.to_vec();
-    padded.extend_from_slice(&[0, 0, 0, 1, 0x0c]);
-    padded.resize(frame_bytes.max(padded.len() + 1) - 1, 0xff);
-    padded.push(0x80);
-    let payload = Bytes::from(padded);
-    let step = 1_000_000_000 / FPS;
-    let frames = fragments * 10;
-    let epoch_ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos() as u64
-        - frames * step;
-    for i in 0..frames {
         let pts = epoch_ns + i * step;
         let frame = Frame {
             track: 0,
@@ -633,11 +618,7 @@ async fn an_outage_longer_than_the_memory_tier_is_carried_by_the_disk_tier() {
     // half fragments; the outage lasts sixty, so the disk tier must carry the backlog.
     let run = stream_signed_by(
         Source::RealTime { seconds: 40 },
-        Budgets {
-            memory_bytes: 256 << 10,
-            disk_bytes: 64 << 20,
-            fsync: false,
-        },
+        budgets(256 << 10),
         FaultRequest::default(),
         |uploader| {
             // The backlog drain is not what this run measures: let it go at 20 fragments/s.
@@ -651,9 +632,7 @@ async fn an_outage_longer_than_the_memory_tier_is_carried_by_the_disk_tier() {
             };
             endpoint.kvs().inject(&outage).expect("inject outage");
         },
-        Arc::new(StaticProvider::new(Credentials::new(
-            KEY_ID, SECRET, None, None,
-        ))),
+        static_keys(),
         DEFAULT_REFRESH_BEFORE,
     )
     .await;
@@ -688,9 +667,7 @@ async fn a_burst_past_both_budgets_evicts_the_oldest_and_uploads_the_rest_once()
         FaultRequest::default(),
         |_| {},
         |_| async {},
-        Arc::new(StaticProvider::new(Credentials::new(
-            KEY_ID, SECRET, None, None,
-        ))),
+        static_keys(),
         DEFAULT_REFRESH_BEFORE,
     )
     .await;
@@ -759,11 +736,7 @@ async fn a_send_delay_batches_the_live_edge_without_losing_a_frame() {
     let log = Arc::clone(&taken_at);
     let run = stream_signed_by(
         Source::RealTime { seconds: 4 },
-        Budgets {
-            memory_bytes: MEMORY,
-            disk_bytes: 64 << 20,
-            fsync: false,
-        },
+        budgets(MEMORY),
         FaultRequest::default(),
         move |uploader| {
             uploader.settings.send_delay = Duration::from_millis(300);
@@ -774,9 +747,7 @@ async fn a_send_delay_batches_the_live_edge_without_losing_a_frame() {
             }));
         },
         |_| async {},
-        Arc::new(StaticProvider::new(Credentials::new(
-            KEY_ID, SECRET, None, None,
-        ))),
+        static_keys(),
         DEFAULT_REFRESH_BEFORE,
     )
     .await;
@@ -843,11 +814,7 @@ async fn credentials_that_expire_mid_stream_are_refreshed_without_loss() {
     let issuer = Arc::clone(&rotated);
     let run = stream_signed_by(
         Source::RealTime { seconds: 6 },
-        Budgets {
-            memory_bytes: MEMORY,
-            disk_bytes: 64 << 20,
-            fsync: false,
-        },
+        budgets(MEMORY),
         FaultRequest::default(),
         |uploader| {
             let session = &mut uploader.settings.session;
