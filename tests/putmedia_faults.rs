@@ -769,6 +769,53 @@ async fn a_send_delay_batches_the_live_edge_without_losing_a_frame() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_while_offline_leaves_everything_on_disk_without_waiting_out_the_deadline() {
+    // The endpoint refuses every connection throughout: the stop (12 s deadline) finds the
+    // session backing off; everything closed is on disk, so it stops at once instead.
+    let run = stream_signed_by(
+        Source::RealTime { seconds: 3 },
+        budgets(MEMORY),
+        FaultRequest {
+            refuse_connections_s: Some(120.0),
+            ..FaultRequest::default()
+        },
+        |_| {},
+        |_| async {},
+        static_keys(),
+        DEFAULT_REFRESH_BEFORE,
+    )
+    .await;
+    let frames_sent: u64 = run.closed.values().map(|n| u64::from(*n)).sum();
+    println!(
+        "stop while offline: fragments closed {}, frames sent {frames_sent}, frames stored 0, \
+         duplicates 0, evictions {}, left on disk {}, drained {}",
+        run.closed.len(),
+        run.buffer.fragments_evicted,
+        run.summary.fragments_left,
+        run.summary.drained,
+    );
+    assert!(
+        run.summary.drained,
+        "the session stopped itself, not the deadline: {:?}",
+        run.summary
+    );
+    assert_eq!(run.summary.connections, 0, "{:?}", run.summary);
+    assert!(run.endpoint.kvs().fragments(STREAM).is_empty());
+    assert_eq!(run.summary.fragments_left, run.closed.len() as u64);
+    let (_writer, reader, report) =
+        FragmentLog::open(run._dir.path().join("buffer"), budgets(MEMORY), STREAM)
+            .expect("reopen the log");
+    assert_eq!(
+        report.fragments_recovered,
+        run.closed.len() as u64,
+        "every closed fragment is on disk for the next start"
+    );
+    let recovered: Vec<u64> = reader.fragments().iter().map(|f| f.timecode_ms).collect();
+    let closed: Vec<u64> = run.closed.keys().copied().collect();
+    assert_eq!(recovered, closed);
+}
+
 const KEY_ID_2: &str = "AKIDFAULTS2";
 const SECRET_2: &str = "faults-secret-2";
 

@@ -1098,6 +1098,17 @@ impl State {
 
     // ---------------------------------------------------------------- observation
 
+    /// Whether the writer is gone and every fragment not yet done is stored on disk: nothing
+    /// is lost if the process exits now.
+    pub fn all_on_disk(&self) -> bool {
+        self.disk.enabled
+            && self.writer_closed
+            && self
+                .entries
+                .iter()
+                .all(|e| e.done.is_some() || (e.closed && matches!(e.disk, DiskSlot::Stored(_))))
+    }
+
     pub fn stats(&self) -> BufferStats {
         let not_durable = if self.disk.enabled {
             self.entries

@@ -94,6 +94,12 @@ impl FragmentReader {
         self.shared.wake_disk();
     }
 
+    /// Whether the writer is gone and every fragment still waiting for the service is stored
+    /// on disk, so that stopping now loses nothing (the next start sends them).
+    pub fn all_on_disk(&self) -> bool {
+        self.shared.lock().all_on_disk()
+    }
+
     /// The log's counters and levels.
     pub fn stats(&self) -> BufferStats {
         self.shared.lock().stats()

@@ -16,7 +16,9 @@
 //!   connection that sent the fragment;
 //! - on stop the live edge is flushed: everything the muxer wrote is sent and acknowledged
 //!   before the session is told to shut down, unless the deadline comes first, in which case
-//!   the connection is cut and what is left stays in the log (on disk) for the next start.
+//!   the connection is cut and what is left stays in the log (on disk) for the next start;
+//!   when the service has not been reached since the stop began, an attempt failed below
+//!   HTTP and everything left is on disk, it stops at once rather than wait out the deadline.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -46,6 +48,9 @@ const BODY_CHANNEL_CHUNKS: usize = 16;
 
 /// Events from the HTTP tasks waiting for the driver.
 const EVENT_CHANNEL: usize = 256;
+
+/// While stopping offline: how often to check whether everything left is on disk.
+const OFFLINE_STOP_RECHECK: Duration = Duration::from_millis(200);
 
 /// What one stream's uploader needs besides the log and the shared access.
 #[derive(Debug, Clone)]
@@ -308,6 +313,13 @@ pub struct PutMediaDriver {
     shutdown_sent: bool,
     /// A stop was requested: flush, then shut the session down.
     flushing: bool,
+    /// The last failed call or connection never reached the service (transport, timeout).
+    last_failure_unreachable: bool,
+    /// Since the stop request: the service answered (a connection streamed, or a call failed
+    /// with an answer such as throttling).
+    stop_reached_service: bool,
+    /// Since the stop request: calls and connections that could not reach the service.
+    stop_unreachable: u32,
     counters: Arc<UploadCounters>,
 }
 
@@ -362,6 +374,9 @@ impl PutMediaDriver {
             retention_off: false,
             shutdown_sent: false,
             flushing: false,
+            last_failure_unreachable: false,
+            stop_reached_service: false,
+            stop_unreachable: 0,
             counters: Arc::new(UploadCounters::default()),
         })
     }
@@ -391,7 +406,17 @@ impl PutMediaDriver {
                 break;
             }
             if let Some(at) = deadline {
-                self.flushing = true;
+                if !self.flushing {
+                    self.flushing = true;
+                    self.stop_reached_service = self
+                        .conn
+                        .as_ref()
+                        .is_some_and(|c| c.stage == Stage::Streaming);
+                    // Already backing off after an attempt that never reached the service.
+                    self.stop_unreachable = u32::from(
+                        self.session.state() == StateKind::Backoff && self.last_failure_unreachable,
+                    );
+                }
                 if Instant::now() >= at {
                     tracing::warn!(
                         stream = %self.stream_name,
@@ -437,6 +462,10 @@ impl PutMediaDriver {
                     self.session.handle(Event::Timeout, Instant::now());
                 }
                 () = sleep_until_opt(deadline) => {}
+                // Stopping without a connection: look again shortly whether everything left
+                // has reached the disk (the disk thread does not wake this loop).
+                () = tokio::time::sleep(OFFLINE_STOP_RECHECK),
+                    if self.flushing && self.conn.is_none() && !self.shutdown_sent => {}
                 pulled = pull(&mut self.reader, body, plan), if plan.is_some() => {
                     self.on_pulled(pulled);
                 }
@@ -857,10 +886,20 @@ impl PutMediaDriver {
 
     fn on_io_event(&mut self, event: Event) {
         let now = Instant::now();
+        if let Event::ControlFailed { failure, .. }
+        | Event::ConnectFailed { failure, .. }
+        | Event::ConnectionClosed {
+            failure: Some(failure),
+            ..
+        } = &event
+        {
+            self.note_failure(failure);
+        }
         match &event {
             Event::Connected { conn } => {
                 if let Some(c) = self.conn.as_mut().filter(|c| c.id == *conn) {
                     c.stage = Stage::Streaming;
+                    self.stop_reached_service |= self.flushing;
                     self.last_carried = c.carries.as_ref().map(|s| s.id());
                     UploadCounters::add(&self.counters.connections, 1);
                     let deferred = std::mem::take(&mut c.deferred);
@@ -881,6 +920,27 @@ impl PutMediaDriver {
             _ => {}
         }
         self.session.handle(event, now);
+    }
+
+    /// Remembers whether a failure shows the service unreachable (for the offline stop).
+    fn note_failure(&mut self, failure: &Failure) {
+        // No name, no route, no answer to a connect: the network (or the service) is not
+        // there. Anything else, an HTTP error or a connection cut mid-request, shows that it is.
+        let unreachable = matches!(
+            failure,
+            Failure::Transport {
+                kind: TransportKind::Dns | TransportKind::Connect | TransportKind::Timeout,
+                ..
+            }
+        );
+        self.last_failure_unreachable = unreachable;
+        if self.flushing {
+            if unreachable {
+                self.stop_unreachable += 1;
+            } else {
+                self.stop_reached_service = true;
+            }
+        }
     }
 
     // ----- the session's actions --------------------------------------------------------------------
@@ -1100,6 +1160,22 @@ impl PutMediaDriver {
                     self.reader.rewind_to_first_unacked();
                     self.reader_finished = false;
                     false
+                }
+                // Offline since the stop began (the service was not reached, and an attempt
+                // failed below HTTP): waiting out the deadline would only delay the stop, and
+                // everything left is on disk for the next start. A throttled or failing
+                // service keeps its chance until the deadline.
+                StateKind::Backoff
+                    if !self.stop_reached_service
+                        && self.stop_unreachable > 0
+                        && self.reader.all_on_disk() =>
+                {
+                    tracing::warn!(
+                        stream = %self.stream_name,
+                        fragments = self.reader.stats().fragments_buffered,
+                        "the service cannot be reached: stopping now; the buffered fragments are on disk for the next start"
+                    );
+                    true
                 }
                 _ => false,
             },
