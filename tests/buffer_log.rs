@@ -553,3 +553,21 @@ fn a_burst_past_the_memory_limit_leaves_every_remaining_fragment_readable() {
     }
     assert!(got.windows(2).all(|p| p[0] < p[1]), "{got:?}");
 }
+
+#[test]
+fn all_on_disk_only_once_the_writer_is_gone_and_every_fragment_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, r, _) = open(dir.path(), budgets(1 << 20, 64 << 20));
+    write_stream(&mut w, 1, 0, 3, 5, 2000);
+    w.sync().unwrap();
+    assert!(!r.all_on_disk(), "the writer may still add a fragment");
+    drop(w);
+    assert!(r.all_on_disk(), "{:?}", r.stats());
+
+    // Without a disk tier nothing is ever on disk.
+    let memory_only = tempfile::tempdir().unwrap();
+    let (mut w, r, _) = open(memory_only.path(), budgets(1 << 20, 0));
+    write_stream(&mut w, 1, 0, 2, 5, 2000);
+    drop(w);
+    assert!(!r.all_on_disk());
+}
