@@ -1098,6 +1098,16 @@ impl State {
 
     // ---------------------------------------------------------------- observation
 
+    /// Whether the reader's next fragment is only on disk (it is `Pending` until the disk
+    /// thread loads it), as opposed to having caught up with the writer.
+    pub fn cursor_waits_for_disk(&self) -> bool {
+        !self.cursor.started
+            && self
+                .first_live_from(self.cursor.next)
+                .and_then(|i| self.entries.get(i))
+                .is_some_and(|e| e.mem.is_none())
+    }
+
     /// Whether the writer is gone and every fragment not yet done is stored on disk: nothing
     /// is lost if the process exits now.
     pub fn all_on_disk(&self) -> bool {

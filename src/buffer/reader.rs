@@ -94,6 +94,12 @@ impl FragmentReader {
         self.shared.wake_disk();
     }
 
+    /// After [`ReadResult::Pending`]: whether the next fragment is being loaded from disk
+    /// (more is already there) rather than the reader having caught up with the writer.
+    pub fn waits_for_disk(&self) -> bool {
+        self.shared.lock().cursor_waits_for_disk()
+    }
+
     /// Whether the writer is gone and every fragment still waiting for the service is stored
     /// on disk, so that stopping now loses nothing (the next start sends them).
     pub fn all_on_disk(&self) -> bool {

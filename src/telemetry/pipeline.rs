@@ -28,6 +28,17 @@ pub fn unix_ms_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs `io` (file I/O, maybe an fsync) without holding up the tasks of the runtime's worker:
+/// on a multi-thread runtime the worker hands its tasks to another thread meanwhile (the
+/// daemon runs every uploader on one worker, and an SD card can take a second to sync). On a
+/// current-thread runtime (`put-record`, tests) it just runs.
+fn off_the_worker<T>(io: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(io),
+        _ => io(),
+    }
+}
+
 /// The spool shared between writers (collector, local API) and the producer task.
 #[derive(Clone)]
 pub struct SharedSpool {
@@ -53,19 +64,23 @@ impl SharedSpool {
     /// Accepts a record: once this returns, the record is on disk (in the page cache, or
     /// synced when the spool syncs each append) and will be delivered or counted as dropped.
     pub fn enqueue(&self, record: &UserRecord) -> Result<RecordId, TelemetryError> {
-        let id = self.lock().append(record, unix_ms_now())?;
+        let id = off_the_worker(|| self.lock().append(record, unix_ms_now()))?;
         self.notify.notify_one();
         Ok(id)
     }
 
     /// Spool counters.
     pub fn stats(&self) -> SpoolStats {
-        self.lock().stats()
+        // The lock may be held across a sync.
+        off_the_worker(|| self.lock().stats())
     }
 
-    /// Syncs appended records and acks to disk.
+    /// Syncs appended records and acks to disk (nothing to do when nothing was written).
     pub fn sync(&self) -> Result<(), TelemetryError> {
-        Ok(self.lock().sync()?)
+        if !self.lock().has_unsynced_writes() {
+            return Ok(());
+        }
+        Ok(off_the_worker(|| self.lock().sync())?)
     }
 }
 
@@ -136,14 +151,19 @@ impl ProducerTask {
         let dead = self.core.take_dead_letters();
         let now_ms = unix_ms_now();
         let mut ids = Vec::with_capacity(dead.len());
-        for letter in dead {
-            self.dead_letters
-                .append(letter.id, &letter.record, &letter.reason, now_ms)?;
-            ids.push(letter.id);
+        if !dead.is_empty() {
+            let dead_letters = &mut self.dead_letters;
+            off_the_worker(|| -> Result<(), TelemetryError> {
+                for letter in dead {
+                    dead_letters.append(letter.id, &letter.record, &letter.reason, now_ms)?;
+                    ids.push(letter.id);
+                }
+                Ok(())
+            })?;
         }
         ids.extend(self.core.take_acked());
         if !ids.is_empty() {
-            self.spool.lock().ack(&ids)?;
+            off_the_worker(|| self.spool.lock().ack(&ids))?;
         }
         if self.core.take_credentials_refresh() {
             self.client.invalidate_credentials();
@@ -154,7 +174,7 @@ impl ProducerTask {
 
     fn fill(&mut self, now: Instant) -> Result<(), TelemetryError> {
         while self.core.has_room() {
-            let batch = self.spool.lock().read_next(512, 1 << 20)?;
+            let batch = off_the_worker(|| self.spool.lock().read_next(512, 1 << 20))?;
             if batch.is_empty() {
                 break;
             }

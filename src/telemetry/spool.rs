@@ -163,6 +163,8 @@ pub struct Spool {
     reader: Option<(RecordId, File)>,
     scratch: Vec<u8>,
     stats: SpoolStats,
+    /// Records or acks were written since the last [`Spool::sync`].
+    unsynced: bool,
 }
 
 fn segment_path(dir: &Path, first_id: RecordId) -> PathBuf {
@@ -383,6 +385,7 @@ impl Spool {
             reader: None,
             scratch: Vec::new(),
             stats,
+            unsynced: false,
         };
         for id in acked_ids {
             spool.mark_acked(id);
@@ -517,6 +520,7 @@ impl Spool {
         self.active
             .write_all(frame)
             .map_err(io_error("append to", &path))?;
+        self.unsynced = true;
         if self.config.sync_each_append {
             self.active.sync_data().map_err(io_error("sync", &path))?;
         }
@@ -615,6 +619,7 @@ impl Spool {
         self.acks
             .write_all(&frames)
             .map_err(io_error("append to", &self.acks_path))?;
+        self.unsynced = true;
         self.ack_entries += (frames.len() / ACK_FRAME) as u64;
         self.remove_finished_segments()?;
         self.compact_acks_if_worthwhile()
@@ -744,6 +749,10 @@ impl Spool {
 
     /// Flushes appended records and acks to the disk.
     pub fn sync(&mut self) -> Result<(), SpoolError> {
+        if !self.unsynced {
+            // Nothing written since the last sync: spare the (SD card's) disk a flush.
+            return Ok(());
+        }
         let path = self
             .segments
             .back()
@@ -752,7 +761,14 @@ impl Spool {
         self.active.sync_data().map_err(io_error("sync", &path))?;
         self.acks
             .sync_data()
-            .map_err(io_error("sync", &self.acks_path))
+            .map_err(io_error("sync", &self.acks_path))?;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Whether records or acks were written since the last [`Spool::sync`].
+    pub fn has_unsynced_writes(&self) -> bool {
+        self.unsynced
     }
 
     /// Current counters.

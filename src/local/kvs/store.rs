@@ -4,7 +4,8 @@
 //! Files, in the endpoint's data directory:
 //! - `<stream>.mkv`: the EBML header, a Segment of unknown size, SegmentInfo and Tracks from the
 //!   first session, then every accepted fragment in arrival order: its Tags, a Cluster (unknown
-//!   size) with its Timecode rewritten absolute, and its blocks as sent. A later session whose
+//!   size) with its Timecode rewritten absolute, and its blocks as sent. A fragment sent again
+//!   (its ACK was lost) is logged again but kept once in the file. A later session whose
 //!   track layout (timecode scale, track numbers, types, codecs, codec data) is the same
 //!   continues the file without a second header; a different layout starts `<stream>.1.mkv`,
 //!   then `<stream>.2.mkv`…. Files from an earlier run of the endpoint are never appended to:
@@ -19,7 +20,7 @@ use super::ack::AckEventType;
 use super::mkv_check::{CompletedFragment, StreamHeader};
 use crate::mkv::ebml::{UNKNOWN_SIZE, id};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -132,6 +133,8 @@ struct OpenFile {
     path: PathBuf,
     file: File,
     header: Arc<StreamHeader>,
+    /// Cluster timecodes already in the file.
+    timecodes: HashSet<u64>,
 }
 
 /// One stream's files.
@@ -228,6 +231,7 @@ impl StreamStore {
                         path,
                         file,
                         header: Arc::clone(header),
+                        timecodes: HashSet::new(),
                     }));
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -256,6 +260,12 @@ impl StreamStore {
         } else {
             self.open_new(header)?
         };
+        if !open.timecodes.insert(stored_timecode) {
+            // A producer sends a fragment again when its ACK was lost (the service keeps both
+            // copies); the file keeps one, so that it stays playable.
+            tracing::debug!(file = %open.name, stored_timecode, "fragment already in the file; not appended again");
+            return Ok(open.name.clone());
+        }
         let cluster = cluster_header(stored_timecode);
         let result = (|| {
             for piece in &fragment.tags_before {
@@ -361,6 +371,23 @@ mod tests {
             cluster_body: vec![Bytes::from_static(body)],
             tags_after: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_fragment_sent_again_is_kept_once_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StreamStore::new(dir.path(), "cam");
+        let h264 = header("V_MPEG4/ISO/AVC");
+        for (body, tc) in [(b"A", 7u64), (b"B", 8), (b"B", 8), (b"C", 9)] {
+            assert_eq!(store.append(&h264, &fragment(body), tc).unwrap(), "cam.mkv");
+        }
+        let mut expected = b"EBML\x18\x53\x80\x67\xFFINFOTRACKS".to_vec();
+        for (body, tc) in [(b"A", 7u64), (b"B", 8), (b"C", 9)] {
+            expected.extend_from_slice(b"<tags>");
+            expected.extend_from_slice(&cluster_header(tc));
+            expected.extend_from_slice(body);
+        }
+        assert_eq!(std::fs::read(dir.path().join("cam.mkv")).unwrap(), expected);
     }
 
     #[test]

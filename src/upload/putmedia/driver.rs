@@ -313,7 +313,8 @@ pub struct PutMediaDriver {
     shutdown_sent: bool,
     /// A stop was requested: flush, then shut the session down.
     flushing: bool,
-    /// The last failed call or connection never reached the service (transport, timeout).
+    /// The last thing heard of the service was a call or connect that could not reach it
+    /// (no name, no answer to a connect).
     last_failure_unreachable: bool,
     /// Since the stop request: the service answered (a connection streamed, or a call failed
     /// with an answer such as throttling).
@@ -408,10 +409,9 @@ impl PutMediaDriver {
             if let Some(at) = deadline {
                 if !self.flushing {
                     self.flushing = true;
-                    self.stop_reached_service = self
-                        .conn
-                        .as_ref()
-                        .is_some_and(|c| c.stage == Stage::Streaming);
+                    // Only answers after the stop count: a link that died just before it
+                    // shows as a connection that goes stale, then connects that fail.
+                    self.stop_reached_service = false;
                     // Already backing off after an attempt that never reached the service.
                     self.stop_unreachable = u32::from(
                         self.session.state() == StateKind::Backoff && self.last_failure_unreachable,
@@ -886,20 +886,22 @@ impl PutMediaDriver {
 
     fn on_io_event(&mut self, event: Event) {
         let now = Instant::now();
-        if let Event::ControlFailed { failure, .. }
-        | Event::ConnectFailed { failure, .. }
-        | Event::ConnectionClosed {
-            failure: Some(failure),
-            ..
-        } = &event
-        {
-            self.note_failure(failure);
+        match &event {
+            Event::ControlFailed { failure, .. }
+            | Event::ConnectFailed { failure, .. }
+            | Event::ConnectionClosed {
+                failure: Some(failure),
+                ..
+            } => self.note_failure(failure),
+            Event::Connected { .. } | Event::ControlResponse(_) | Event::Ack { .. } => {
+                self.note_service_answered();
+            }
+            _ => {}
         }
         match &event {
             Event::Connected { conn } => {
                 if let Some(c) = self.conn.as_mut().filter(|c| c.id == *conn) {
                     c.stage = Stage::Streaming;
-                    self.stop_reached_service |= self.flushing;
                     self.last_carried = c.carries.as_ref().map(|s| s.id());
                     UploadCounters::add(&self.counters.connections, 1);
                     let deferred = std::mem::take(&mut c.deferred);
@@ -929,18 +931,24 @@ impl PutMediaDriver {
         let unreachable = matches!(
             failure,
             Failure::Transport {
-                kind: TransportKind::Dns | TransportKind::Connect | TransportKind::Timeout,
+                kind: TransportKind::Dns | TransportKind::Connect,
                 ..
             }
         );
-        self.last_failure_unreachable = unreachable;
-        if self.flushing {
-            if unreachable {
+        if unreachable {
+            self.last_failure_unreachable = true;
+            if self.flushing {
                 self.stop_unreachable += 1;
-            } else {
-                self.stop_reached_service = true;
             }
+        } else {
+            self.note_service_answered();
         }
+    }
+
+    /// The service answered something (a response, an ACK, an HTTP error).
+    fn note_service_answered(&mut self) {
+        self.last_failure_unreachable = false;
+        self.stop_reached_service |= self.flushing;
     }
 
     // ----- the session's actions --------------------------------------------------------------------
@@ -1333,10 +1341,12 @@ async fn pull(
     } else if plan.report_caught_up {
         // Batched sending: the first time the log has nothing more, start the batch wait
         // instead of waking at the muxer's next frame.
-        return match reader.next_chunk() {
-            ReadResult::Pending => Pulled::CaughtUp,
-            item => Pulled::Item(item),
-        };
+        match reader.next_chunk() {
+            // A fragment loading from disk is backlog, not the live edge: no batch wait.
+            ReadResult::Pending if reader.waits_for_disk() => {}
+            ReadResult::Pending => return Pulled::CaughtUp,
+            item => return Pulled::Item(item),
+        }
     }
     Pulled::Item(reader.next().await)
 }

@@ -405,7 +405,10 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<B
 pub fn transport_failure(error: &reqwest::Error) -> Failure {
     let detail = error_chain(error);
     let lower = detail.to_ascii_lowercase();
-    let kind = if error.is_timeout() {
+    let kind = if error.is_timeout() && error.is_connect() {
+        // Nothing answered the connect: as unreachable as a refusal.
+        TransportKind::Connect
+    } else if error.is_timeout() {
         TransportKind::Timeout
     } else if lower.contains("dns error") || lower.contains("failed to lookup address") {
         TransportKind::Dns
