@@ -993,6 +993,25 @@ mod tests {
     }
 
     #[test]
+    fn sync_is_needed_only_after_appends_or_acks() -> Result<(), SpoolError> {
+        let dir = tempfile::tempdir().map_err(io_error("tempdir", Path::new("/tmp")))?;
+        let mut spool = Spool::open(config(dir.path(), 64 * 1024))?;
+        assert!(
+            !spool.has_unsynced_writes(),
+            "a fresh spool has nothing to sync"
+        );
+        let id = spool.append(&record("k", b"v"), 1)?;
+        assert!(spool.has_unsynced_writes());
+        spool.sync()?;
+        assert!(!spool.has_unsynced_writes());
+        spool.ack(&[id])?;
+        assert!(spool.has_unsynced_writes(), "an ack is a write too");
+        spool.sync()?;
+        assert!(!spool.has_unsynced_writes());
+        Ok(())
+    }
+
+    #[test]
     fn acknowledged_segments_are_deleted_and_acks_compacted() -> Result<(), SpoolError> {
         let dir = tempfile::tempdir().map_err(io_error("tempdir", Path::new("/tmp")))?;
         let mut spool = Spool::open(config(dir.path(), 1 << 20))?;
