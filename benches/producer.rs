@@ -200,6 +200,15 @@ impl PayloadTimes {
         })
     }
 
+    /// Payloads noted but never seen in a body: nonzero means the matching went wrong (a
+    /// payload copied, or sent twice) and the latencies cannot be trusted.
+    fn unmatched(&self) -> usize {
+        self.written
+            .lock()
+            .map(|w| w.values().map(VecDeque::len).sum())
+            .unwrap_or(usize::MAX)
+    }
+
     fn latencies_ms(&self) -> Vec<f64> {
         self.latencies_ms
             .lock()
@@ -511,6 +520,12 @@ fn live(runtime: &tokio::runtime::Runtime, seconds: u64) -> BenchResult<()> {
         delays.last().copied().unwrap_or(f64::NAN),
         delays.len()
     );
+    let unmatched = payloads.unmatched();
+    if unmatched > 0 {
+        println!(
+            "  WARNING: {unmatched} payloads written were never seen in a body: latencies unreliable"
+        );
+    }
     println!(
         "  upload: {} fragments sent, {} acked, {} bytes, drained {}",
         summary.fragments_sent, summary.fragments_acked, summary.bytes_sent, summary.drained

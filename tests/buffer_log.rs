@@ -564,6 +564,14 @@ fn all_on_disk_only_once_the_writer_is_gone_and_every_fragment_is_stored() {
     drop(w);
     assert!(r.all_on_disk(), "{:?}", r.stats());
 
+    // A fragment larger than the whole disk budget stays in memory only.
+    let small_disk = tempfile::tempdir().unwrap();
+    let (mut w, r, _) = open(small_disk.path(), budgets(1 << 20, 4 << 10));
+    write_stream(&mut w, 1, 0, 1, 5, 2000);
+    w.sync().unwrap();
+    drop(w);
+    assert!(!r.all_on_disk(), "{:?}", r.stats());
+
     // Without a disk tier nothing is ever on disk.
     let memory_only = tempfile::tempdir().unwrap();
     let (mut w, r, _) = open(memory_only.path(), budgets(1 << 20, 0));

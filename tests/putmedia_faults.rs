@@ -623,6 +623,9 @@ async fn an_outage_longer_than_the_memory_tier_is_carried_by_the_disk_tier() {
         |uploader| {
             // The backlog drain is not what this run measures: let it go at 20 fragments/s.
             uploader.settings.pacing.max_fragments_per_s = 20;
+            // Back online well before the stop (at 40 s): retries 2 s apart at most, so the
+            // stop never finds the session still backing off from a refused connect.
+            uploader.settings.session.backoff.cap = Duration::from_secs(2);
         },
         |endpoint| async move {
             tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -726,6 +729,13 @@ async fn a_burst_past_both_budgets_evicts_the_oldest_and_uploads_the_rest_once()
     );
     assert_eq!(run.summary.fragments_left, 0, "{:?}", run.summary);
     assert_eq!(run.buffer.fragments_lost, 0, "{:?}", run.buffer);
+    // The oldest go: the newest five (5 MB, well inside 9 MiB of budgets) are all stored.
+    let newest: Vec<u64> = run.closed.keys().rev().take(5).copied().collect();
+    assert!(
+        newest.iter().all(|t| persisted.contains_key(t)),
+        "the newest fragments {newest:?} must survive; stored {:?}",
+        persisted.keys().collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
