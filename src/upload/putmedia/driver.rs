@@ -316,8 +316,8 @@ pub struct PutMediaDriver {
     /// The last thing heard of the service was a call or connect that could not reach it
     /// (no name, no answer to a connect).
     last_failure_unreachable: bool,
-    /// Since the stop request: the service answered (a connection streamed, or a call failed
-    /// with an answer such as throttling).
+    /// Since the stop request: the service answered (a response, a connection accepted, an
+    /// ACK, or an HTTP error such as throttling).
     stop_reached_service: bool,
     /// Since the stop request: calls and connections that could not reach the service.
     stop_unreachable: u32,
