@@ -424,3 +424,75 @@ async fn after_sigkill_a_restart_uploads_what_was_left_first_and_exactly_once() 
     assert!(check > 0);
     setup.endpoint.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_it_buffers_stops_without_waiting_out_the_timeout_and_uploads_at_the_next_start() {
+    // 120 s to flush on stop; with nothing listening where the service should be, the stop
+    // must not wait for it: everything is on disk.
+    let setup = setup(120).await;
+    let online = std::fs::read_to_string(&setup.config).expect("read config");
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let offline_config = setup.dir.path().join("offline.toml");
+    std::fs::write(
+        &offline_config,
+        online.replace(
+            &setup.endpoint.url(),
+            &format!("http://127.0.0.1:{dead_port}"),
+        ),
+    )
+    .expect("write offline config");
+
+    let log = setup.dir.path().join("offline.log");
+    let daemon = start_daemon(&offline_config, &log);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let stop_at = Instant::now();
+    signal(&daemon, "TERM");
+    let stdout = wait_exit(daemon, Duration::from_secs(40), &log).await;
+    let stopped_in = stop_at.elapsed();
+    let left = summary_field(&stdout, "fragments_left");
+    println!(
+        "offline: stopped in {stopped_in:?} (timeout 120 s); muxed {} frames, {} fragments, \
+         {left} left on disk, connections {}",
+        summary_field(&stdout, "frames_muxed"),
+        summary_field(&stdout, "fragments"),
+        summary_field(&stdout, "connections"),
+    );
+    assert_eq!(summary_field(&stdout, "connections"), 0, "{stdout}");
+    assert_eq!(summary_field(&stdout, "fragments_acked"), 0, "{stdout}");
+    assert!(left >= 2, "captured while offline: {stdout}");
+    assert!(
+        tail(&log).contains("the service cannot be reached: stopping now"),
+        "the uploader stopped itself rather than at the deadline; log:\n{}",
+        tail(&log)
+    );
+
+    // Back online: what was buffered offline goes first, once.
+    let log2 = setup.dir.path().join("online.log");
+    let daemon = start_daemon(&setup.config, &log2);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    signal(&daemon, "TERM");
+    let stdout = wait_exit(daemon, Duration::from_secs(30), &log2).await;
+    assert_eq!(
+        summary_field(&stdout, "recovered_fragments"),
+        left,
+        "{stdout}"
+    );
+    assert_eq!(summary_field(&stdout, "fragments_left"), 0, "{stdout}");
+    let records = setup.endpoint.kvs().fragments(STREAM);
+    let stored = persisted(&records);
+    let timecodes: BTreeSet<u64> = stored.iter().map(|r| r.timecode).collect();
+    println!(
+        "online: stored {} fragments ({} recovered from the offline run), {} duplicates",
+        timecodes.len(),
+        left,
+        stored.len() - timecodes.len()
+    );
+    assert_eq!(timecodes.len(), stored.len(), "no duplicates");
+    assert!(timecodes.len() as u64 >= left + 2, "{stdout}");
+    let (packets, _) = check_all_media(&setup.endpoint);
+    let frames: u64 = stored.iter().map(|r| r.total_frames()).sum();
+    assert_eq!(packets, frames, "the stored file holds every stored frame");
+}
