@@ -407,45 +407,52 @@ async fn a_connection_dropped_mid_fragment_is_resumed_at_the_first_unacknowledge
     assert!(outcome.duplicates.len() <= 1, "{:?}", outcome.duplicates);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn error_acks_4006_is_skipped_and_5000_is_retried() {
+/// Streams 6 s; answers one fragment with ERROR `first` after 1.2 s and one with ERROR
+/// `second` 2 s later. Returns the run and every (timecode, error code) the endpoint sent.
+async fn with_error_acks(first: u16, second: u16) -> (Run, Vec<(u64, u32)>) {
     let run = stream(
         6,
         MEMORY,
         FaultRequest::default(),
         |_| {},
-        |endpoint| async move {
-            tokio::time::sleep(Duration::from_millis(1200)).await;
-            let fault = FaultRequest {
-                error_ack: Some(ErrorAckRequest {
-                    code: 4006,
-                    after_fragments: 0,
-                }),
-                ..FaultRequest::default()
-            };
-            endpoint.kvs().inject(&fault).expect("inject 4006");
-            tokio::time::sleep(Duration::from_millis(2000)).await;
-            let fault = FaultRequest {
-                error_ack: Some(ErrorAckRequest {
-                    code: 5000,
-                    after_fragments: 0,
-                }),
-                ..FaultRequest::default()
-            };
-            endpoint.kvs().inject(&fault).expect("inject 5000");
+        move |endpoint| async move {
+            for (wait_ms, code) in [(1200, first), (2000, second)] {
+                tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                let fault = FaultRequest {
+                    error_ack: Some(ErrorAckRequest {
+                        code,
+                        after_fragments: 0,
+                    }),
+                    ..FaultRequest::default()
+                };
+                endpoint.kvs().inject(&fault).expect("inject an error ACK");
+            }
         },
     )
     .await;
-    let records = run.endpoint.kvs().fragments(STREAM);
-    let errors: Vec<(u64, u32)> = records
+    let errors = run
+        .endpoint
+        .kvs()
+        .fragments(STREAM)
         .iter()
         .filter_map(|r| r.error.as_ref().map(|e| (r.timecode, e.id)))
         .collect();
-    let refused: Vec<u64> = errors
+    (run, errors)
+}
+
+/// The timecodes answered with ERROR `code`.
+fn answered_with(errors: &[(u64, u32)], code: u32) -> Vec<u64> {
+    errors
         .iter()
-        .filter(|(_, id)| *id == 4006)
+        .filter(|(_, id)| *id == code)
         .map(|(t, _)| *t)
-        .collect();
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_acks_4006_is_skipped_and_5000_is_retried() {
+    let (run, errors) = with_error_acks(4006, 5000).await;
+    let refused = answered_with(&errors, 4006);
     assert_eq!(refused.len(), 1, "one 4006: {errors:?}");
     assert!(errors.iter().any(|(_, id)| *id == 5000), "{errors:?}");
     let outcome = check(&run, "error acks", &refused);
@@ -459,49 +466,10 @@ async fn error_acks_4006_is_skipped_and_5000_is_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_acks_4009_is_skipped_and_4000_is_retried() {
-    let run = stream(
-        6,
-        MEMORY,
-        FaultRequest::default(),
-        |_| {},
-        |endpoint| async move {
-            tokio::time::sleep(Duration::from_millis(1200)).await;
-            let fault = FaultRequest {
-                error_ack: Some(ErrorAckRequest {
-                    code: 4009,
-                    after_fragments: 0,
-                }),
-                ..FaultRequest::default()
-            };
-            endpoint.kvs().inject(&fault).expect("inject 4009");
-            tokio::time::sleep(Duration::from_millis(2000)).await;
-            let fault = FaultRequest {
-                error_ack: Some(ErrorAckRequest {
-                    code: 4000,
-                    after_fragments: 0,
-                }),
-                ..FaultRequest::default()
-            };
-            endpoint.kvs().inject(&fault).expect("inject 4000");
-        },
-    )
-    .await;
-    let records = run.endpoint.kvs().fragments(STREAM);
-    let errors: Vec<(u64, u32)> = records
-        .iter()
-        .filter_map(|r| r.error.as_ref().map(|e| (r.timecode, e.id)))
-        .collect();
-    let refused: Vec<u64> = errors
-        .iter()
-        .filter(|(_, id)| *id == 4009)
-        .map(|(t, _)| *t)
-        .collect();
+    let (run, errors) = with_error_acks(4009, 4000).await;
+    let refused = answered_with(&errors, 4009);
     assert_eq!(refused.len(), 1, "one 4009: {errors:?}");
-    let retried: Vec<u64> = errors
-        .iter()
-        .filter(|(_, id)| *id == 4000)
-        .map(|(t, _)| *t)
-        .collect();
+    let retried = answered_with(&errors, 4000);
     assert_eq!(retried.len(), 1, "one 4000: {errors:?}");
     let outcome = check(&run, "error acks 4000/4009", &refused);
     assert_eq!(run.summary.fragments_skipped, 1, "{:?}", run.summary);
