@@ -319,8 +319,8 @@ pub struct PutMediaDriver {
     /// Since the stop request: the service answered (a response, a connection accepted, an
     /// ACK, or an HTTP error such as throttling).
     stop_reached_service: bool,
-    /// Since the stop request: calls and connections that could not reach the service.
-    stop_unreachable: u32,
+    /// Since the stop request: a call or connect could not reach the service.
+    stop_unreachable: bool,
     counters: Arc<UploadCounters>,
 }
 
@@ -377,7 +377,7 @@ impl PutMediaDriver {
             flushing: false,
             last_failure_unreachable: false,
             stop_reached_service: false,
-            stop_unreachable: 0,
+            stop_unreachable: false,
             counters: Arc::new(UploadCounters::default()),
         })
     }
@@ -413,9 +413,8 @@ impl PutMediaDriver {
                     // shows as a connection that goes stale, then connects that fail.
                     self.stop_reached_service = false;
                     // Already backing off after an attempt that never reached the service.
-                    self.stop_unreachable = u32::from(
-                        self.session.state() == StateKind::Backoff && self.last_failure_unreachable,
-                    );
+                    self.stop_unreachable =
+                        self.session.state() == StateKind::Backoff && self.last_failure_unreachable;
                 }
                 if Instant::now() >= at {
                     tracing::warn!(
@@ -938,7 +937,7 @@ impl PutMediaDriver {
         if unreachable {
             self.last_failure_unreachable = true;
             if self.flushing {
-                self.stop_unreachable += 1;
+                self.stop_unreachable = true;
             }
         } else {
             self.note_service_answered();
@@ -1175,7 +1174,7 @@ impl PutMediaDriver {
                 // service keeps its chance until the deadline.
                 StateKind::Backoff
                     if !self.stop_reached_service
-                        && self.stop_unreachable > 0
+                        && self.stop_unreachable
                         && self.reader.all_on_disk() =>
                 {
                     tracing::warn!(
